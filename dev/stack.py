@@ -1,0 +1,174 @@
+"""Start a whole local gateway: simulated regions, optionally Azurite, and N dev hosts, as processes.
+
+Used by `python -m dev.run` (the README's run command), the end-to-end tests and the benchmarks, so
+all three exercise the same real processes over loopback. Each process logs to a file in `workdir`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+CHAT = "gpt-4o"
+EMBEDDINGS = "text-embedding-3-small"
+STATIC_TOKEN = "local-simulator-token"  # simulated regions accept any bearer token
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    name: str
+    tpm: int
+    priority: int = 1
+    embeddings_tpm: int = 350_000
+
+    @property
+    def physical(self) -> str:
+        # Each region names its deployment differently, as real ones often do: the gateway maps it.
+        return f"{CHAT}-{self.name}"
+
+
+DEFAULT_REGIONS = (RegionSpec("eastus", 10_000), RegionSpec("westus", 20_000), RegionSpec("uksouth", 30_000))
+
+
+def _wait_for_line(log: Path, pattern: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    regex = re.compile(pattern)
+    while time.monotonic() < deadline:
+        text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+        for line in text.splitlines():
+            if regex.search(line):
+                return line
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{text[-3000:]}")
+        time.sleep(0.05)
+    raise TimeoutError(f"{process.args!r} did not print {pattern!r} within {timeout}s; see {log}")
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    regions: Sequence[RegionSpec] = DEFAULT_REGIONS
+    time_scale: float = 1.0
+    instances: int = 1
+    table_connection_string: str | None = None
+    routing: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    client_key: str = field(default_factory=lambda: "gw-" + secrets.token_urlsafe(24))
+    region_urls: dict[str, str] = field(default_factory=dict, init=False)
+    control_url: str = field(default="", init=False)
+    gateway_urls: list[str] = field(default_factory=list, init=False)
+    _processes: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
+
+    @property
+    def url(self) -> str:
+        return self.gateway_urls[0]
+
+    def start(self) -> Stack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start_simulator()
+            config = self.workdir / "gateway.json"
+            config.write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
+            for index in range(self.instances):
+                self.gateway_urls.append(self._start_host(index, config))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, args: list[str], log_name: str, env: Mapping[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path]:
+        log = self.workdir / log_name
+        handle = log.open("wb")
+        process = subprocess.Popen(
+            args, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+        handle.close()
+        self._processes.append(process)
+        return process, log
+
+    def _start_simulator(self) -> None:
+        args = [PYTHON, "-m", "dev.simulator", "--time-scale", str(self.time_scale), "--port", "0"]
+        for region in self.regions:
+            args += ["--region", f"{region.name}:{region.physical}={region.tpm},{EMBEDDINGS}={region.embeddings_tpm}"]
+        process, log = self._spawn(args, "simulator.log")
+        line = _wait_for_line(log, r'^\{"regions"', process)
+        announced = json.loads(line)
+        self.region_urls = announced["regions"]
+        self.control_url = announced.get("control", "")
+
+    def config(self) -> dict[str, Any]:
+        chat = [
+            {
+                "name": r.name,
+                "endpoint": self.region_urls[r.name],
+                "deployment": r.physical,
+                "tpm": r.tpm,
+                "priority": r.priority,
+                "auth": {"type": "entra"},
+            }
+            for r in self.regions
+        ]
+        embeddings = [
+            {"name": r.name, "endpoint": self.region_urls[r.name], "deployment": EMBEDDINGS, "tpm": r.embeddings_tpm}
+            for r in self.regions
+        ]
+        return {
+            "deployments": {CHAT: chat, EMBEDDINGS: embeddings},
+            "clients": [{"name": "local-dev", "key_setting": "GATEWAY_KEY_LOCAL_DEV"}],
+            "routing": dict(self.routing),
+        }
+
+    def host_env(self, index: int, config: Path) -> dict[str, str]:
+        env = {
+            "GATEWAY_CONFIG": str(config),
+            "GATEWAY_CREDENTIAL": "static",
+            "GATEWAY_STATIC_TOKEN": STATIC_TOKEN,
+            "GATEWAY_TIME_SCALE": str(self.time_scale),
+            "GATEWAY_KEY_LOCAL_DEV": self.client_key,
+            "GATEWAY_INSTANCE_ID": f"local-{index}",
+            "HEALTH_PROBE_SCHEDULE": "*/30 * * * * *",
+            "PYTHONUNBUFFERED": "1",
+        }
+        if self.table_connection_string:
+            env["GATEWAY_TABLE_CONNECTION_STRING"] = self.table_connection_string
+        return {**env, **self.env}
+
+    def _start_host(self, index: int, config: Path) -> str:
+        args = [PYTHON, "-m", "dev.host", "--port", "0", "--settings", str(self.workdir / "no-local-settings.json")]
+        process, log = self._spawn(args, f"host-{index}.log", self.host_env(index, config))
+        line = _wait_for_line(log, r"^Listening on http://", process)
+        return line.split("Listening on ", 1)[1].strip()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}" for log in sorted(self.workdir.glob("*.log"))
+        )
+
+    def stop(self) -> None:
+        for process in reversed(self._processes):
+            if process.poll() is None:
+                process.terminate()
+        for process in self._processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._processes.clear()

@@ -1,0 +1,29 @@
+"""Azure Functions entry point (Python v2 model): triggers only; the gateway does the work."""
+
+import azure.functions as func
+from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
+
+from shared.gateway import Gateway
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+gateway = Gateway.from_environment()
+
+
+@app.route(route="openai/{*path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+async def openai(req: Request) -> StreamingResponse:
+    return await gateway.handle(req)
+
+
+@app.route(route="healthz", methods=["GET"])
+async def healthz(req: Request) -> Response:
+    return await gateway.healthz(req)
+
+
+@app.route(route="status", methods=["GET"])
+async def status(req: Request) -> Response:
+    return await gateway.status(req)
+
+
+@app.timer_trigger(schedule="%HEALTH_PROBE_SCHEDULE%", arg_name="timer", run_on_startup=True)
+async def health_probe(timer: func.TimerRequest) -> None:
+    await gateway.probe()

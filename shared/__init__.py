@@ -1,0 +1,1 @@
+"""A multi-region Azure OpenAI gateway: one endpoint, many regional deployments."""

@@ -1,0 +1,60 @@
+"""Who is calling: a gateway key in `api-key` (what the SDKs send for `api_key`) or an Entra ID bearer token.
+
+Keys are kept only as SHA-256 digests and compared in constant time against every valid key, so
+neither timing nor a memory dump gives one away. The caller's credential is never forwarded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from shared.config import Client
+from shared.errors import GatewayError
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str  # the client's configured name or the token's app identity; travels into usage records
+    kind: str  # "key" | "entra"
+
+
+class BearerValidator(Protocol):
+    async def validate(self, authorization_header: str) -> Caller: ...
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode()).digest()
+
+
+class Authenticator:
+    def __init__(self, clients: Sequence[Client], bearer: BearerValidator | None = None) -> None:
+        self._keys = [(client.name, _digest(key.reveal())) for client in clients for key in client.keys]
+        self._bearer = bearer
+
+    async def authenticate(self, headers: Mapping[str, str]) -> Caller:
+        key = headers.get("api-key")
+        if key:
+            return self._by_key(key)
+        authorization = headers.get("authorization")
+        if authorization and self._bearer is not None:
+            return await self._bearer.validate(authorization)
+        raise GatewayError(
+            401,
+            "401",
+            "Access denied due to missing credentials. Send a gateway key in the 'api-key' header"
+            + (" or an Entra ID bearer token." if self._bearer is not None else "."),
+        )
+
+    def _by_key(self, key: str) -> Caller:
+        presented = _digest(key)
+        found: str | None = None
+        for name, digest in self._keys:  # no early exit: the time taken does not depend on which key matched
+            if hmac.compare_digest(presented, digest) and found is None:
+                found = name
+        if found is None:
+            raise GatewayError(401, "401", "Access denied due to invalid gateway key.")
+        return Caller(found, "key")

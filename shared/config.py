@@ -1,0 +1,356 @@
+"""Settings: the only module that reads the environment and the configuration file.
+
+Everything is validated at start-up into frozen objects; an error names the field at fault.
+Secrets come from app settings (in Azure, Key Vault references resolved by the platform) and
+are wrapped so that no repr or log line can show them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.cluster import Cluster, Host, HostAuth
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "gateway.json"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names it."""
+
+
+class Secret:
+    """A secret value that never shows itself in a repr, str or log line."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Client:
+    """A consuming application; several keys may be valid at once during a rotation."""
+
+    name: str
+    keys: tuple[Secret, ...]
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Tuning of routing, retries and limits. Durations are clock seconds."""
+
+    default_max_tokens: int = 4096
+    max_tokens_defaults: Mapping[str, int] = field(default_factory=dict)
+    window_seconds: float = 60.0
+    request_window_seconds: float = 10.0
+    # Our reservation is stamped before Azure admits it; expire it this much later to stay behind Azure's window.
+    expiry_margin_seconds: float = 0.5
+    deadline_seconds: float = 120.0
+    connect_timeout_seconds: float = 5.0
+    stream_idle_timeout_seconds: float = 120.0
+    wait_budget_seconds: float = 2.0
+    max_retry_after_seconds: float = 60.0
+    default_cooldown_seconds: float = 5.0
+    consecutive_failures: int = 2
+    ejection_base_seconds: float = 10.0
+    ejection_max_seconds: float = 120.0
+    max_attempts: int = 3
+    backoff_base_seconds: float = 0.02
+    max_body_bytes: int = 25 * 1024 * 1024
+    max_in_flight: int = 1000
+
+    def max_tokens_default(self, logical: str) -> int:
+        return self.max_tokens_defaults.get(logical, self.default_max_tokens)
+
+
+@dataclass(frozen=True)
+class CredentialSettings:
+    """How the gateway signs in upstream: default chain, managed identity, the seed's SPN, or a static dev token."""
+
+    mode: str = "default"
+    managed_identity_client_id: str | None = None
+    keyvault_uri: str | None = None
+    spn_tenant_id: str | None = None
+    spn_client_id: str | None = None
+    spn_secret_name: str | None = None
+    static_token: Secret | None = None
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    connection_string: Secret | None = None
+    endpoint: str | None = None
+    flush_interval_seconds: float = 1.0
+    read_cache_seconds: float = 1.0
+    health_cache_seconds: float = 5.0
+
+    @property
+    def configured(self) -> bool:
+        return self.connection_string is not None or self.endpoint is not None
+
+
+@dataclass(frozen=True)
+class EntraSettings:
+    tenants: tuple[str, ...] = ()
+    audiences: tuple[str, ...] = ()
+    required_role: str | None = None
+    authority: str = "https://login.microsoftonline.com"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tenants and self.audiences)
+
+
+@dataclass(frozen=True)
+class Settings:
+    cluster: Cluster
+    clients: tuple[Client, ...]
+    host_keys: Mapping[str, Secret]  # Host.key -> api key, for api-key hosts
+    routing: Routing = field(default_factory=Routing)
+    credential: CredentialSettings = field(default_factory=CredentialSettings)
+    table: TableSettings = field(default_factory=TableSettings)
+    entra: EntraSettings = field(default_factory=EntraSettings)
+    instance_id: str = "local"
+    time_scale: float = 1.0
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read GATEWAY_CONFIG (a path, or inline JSON) and the app settings it names."""
+    env = os.environ if env is None else env
+    raw = _read_config(env.get("GATEWAY_CONFIG", "").strip())
+    doc = _object(raw, "config")
+    cluster = _cluster(doc.get("deployments"))
+    return Settings(
+        cluster=cluster,
+        clients=_clients(doc.get("clients", []), env),
+        host_keys=_host_keys(cluster, env),
+        routing=_routing(doc.get("routing", {})),
+        credential=_credential(env),
+        table=_table(env),
+        entra=_entra(env),
+        instance_id=env.get("WEBSITE_INSTANCE_ID") or env.get("GATEWAY_INSTANCE_ID") or "local",
+        time_scale=_positive_float(env.get("GATEWAY_TIME_SCALE", "1"), "GATEWAY_TIME_SCALE"),
+    )
+
+
+def _read_config(value: str) -> Any:
+    if value.startswith("{"):
+        source, text = "GATEWAY_CONFIG", value
+    else:
+        path = Path(value) if value else DEFAULT_CONFIG_PATH
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"GATEWAY_CONFIG: cannot read {path}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"GATEWAY_CONFIG: {source} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+
+def _cluster(raw: Any) -> Cluster:
+    deployments = _object(raw, "deployments")
+    if not deployments:
+        raise ConfigError("deployments: at least one logical deployment is required")
+    result: dict[str, tuple[Host, ...]] = {}
+    quotas: dict[str, tuple[int, int, str]] = {}
+    for logical, hosts_raw in deployments.items():
+        where = f"deployments.{logical}"
+        if not isinstance(hosts_raw, list) or not hosts_raw:
+            raise ConfigError(f"{where}: must be a non-empty list of hosts")
+        hosts = tuple(_host(item, f"{where}[{i}]") for i, item in enumerate(hosts_raw))
+        names = [h.name for h in hosts]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}: host names must be unique within a deployment")
+        for host, i in zip(hosts, range(len(hosts)), strict=True):
+            # One physical deployment listed under two logical names must agree on its quota.
+            seen = quotas.setdefault(host.key, (host.tpm, host.rpm, host.endpoint))
+            if seen != (host.tpm, host.rpm, host.endpoint):
+                raise ConfigError(f"{where}[{i}]: {host.key} is listed elsewhere with another endpoint or quota")
+        result[logical] = hosts
+    return Cluster(result)
+
+
+def _host(raw: Any, where: str) -> Host:
+    item = _object(raw, where)
+    name = _string(item.get("name"), f"{where}.name")
+    endpoint = _string(item.get("endpoint"), f"{where}.endpoint").rstrip("/")
+    if not endpoint.startswith(("https://", "http://")) or "@" in endpoint or "?" in endpoint or "#" in endpoint:
+        raise ConfigError(f"{where}.endpoint: must be an http(s) URL with no credentials, query or fragment")
+    tpm = _positive_int(item.get("tpm"), f"{where}.tpm")
+    # Azure derives RPM from TPM: 6 requests per minute per 1,000 TPM.
+    rpm = _positive_int(item.get("rpm", max(1, tpm * 6 // 1000)), f"{where}.rpm")
+    return Host(
+        name=name,
+        endpoint=endpoint,
+        deployment=_string(item.get("deployment"), f"{where}.deployment"),
+        tpm=tpm,
+        rpm=rpm,
+        priority=_positive_int(item.get("priority", 1), f"{where}.priority"),
+        weight=_positive_float(item.get("weight", 1), f"{where}.weight"),
+        auth=_auth(item.get("auth", {"type": "entra"}), f"{where}.auth"),
+    )
+
+
+def _auth(raw: Any, where: str) -> HostAuth:
+    item = _object(raw, where)
+    kind = item.get("type")
+    if kind == "entra":
+        return HostAuth("entra")
+    if kind == "api-key":
+        return HostAuth("api-key", _string(item.get("setting"), f"{where}.setting"))
+    raise ConfigError(f"{where}.type: must be 'entra' or 'api-key'")
+
+
+def _host_keys(cluster: Cluster, env: Mapping[str, str]) -> dict[str, Secret]:
+    keys: dict[str, Secret] = {}
+    for host in cluster.all_hosts():
+        if host.auth.type == "api-key" and host.auth.setting:
+            value = env.get(host.auth.setting, "")
+            if not value:
+                raise ConfigError(f"{host.auth.setting}: app setting with the api key of host {host.key} is not set")
+            keys[host.key] = Secret(value)
+    return keys
+
+
+def _clients(raw: Any, env: Mapping[str, str]) -> tuple[Client, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("clients: must be a list")
+    clients = []
+    for i, item_raw in enumerate(raw):
+        where = f"clients[{i}]"
+        item = _object(item_raw, where)
+        name = _string(item.get("name"), f"{where}.name")
+        settings = item.get("key_settings", [item.get("key_setting")] if "key_setting" in item else None)
+        if not isinstance(settings, list) or not settings:
+            raise ConfigError(f"{where}.key_setting: name the app setting that holds this client's key")
+        keys = []
+        for setting in settings:
+            setting_name = _string(setting, f"{where}.key_setting")
+            value = env.get(setting_name, "")
+            if value:  # during a rotation the second setting may be empty
+                keys.append(Secret(value))
+        if not keys:
+            raise ConfigError(f"{', '.join(settings)}: app setting with the key of client {name!r} is not set")
+        clients.append(Client(name, tuple(keys)))
+    return tuple(clients)
+
+
+def _routing(raw: Any) -> Routing:
+    item = _object(raw, "routing")
+    known = Routing.__dataclass_fields__
+    values: dict[str, Any] = {}
+    for key, value in item.items():
+        if key not in known:
+            raise ConfigError(f"routing.{key}: unknown setting")
+        if key == "max_tokens_defaults":
+            table = _object(value, "routing.max_tokens_defaults")
+            values[key] = {k: _positive_int(v, f"routing.max_tokens_defaults.{k}") for k, v in table.items()}
+        elif isinstance(getattr(Routing, key, None), int) and not isinstance(getattr(Routing, key), bool):
+            values[key] = _positive_int(value, f"routing.{key}")
+        else:
+            values[key] = _non_negative_float(value, f"routing.{key}")
+    return Routing(**values)
+
+
+def _credential(env: Mapping[str, str]) -> CredentialSettings:
+    mode = env.get("GATEWAY_CREDENTIAL", "default").strip() or "default"
+    if mode not in ("default", "managed-identity", "spn", "static"):
+        raise ConfigError("GATEWAY_CREDENTIAL: must be default, managed-identity, spn or static")
+    settings = CredentialSettings(
+        mode=mode,
+        managed_identity_client_id=env.get("AZURE_CLIENT_ID") or None,
+        keyvault_uri=env.get("GATEWAY_KEYVAULT_URI") or None,
+        spn_tenant_id=env.get("GATEWAY_SPN_TENANT_ID") or None,
+        spn_client_id=env.get("GATEWAY_SPN_CLIENT_ID") or None,
+        spn_secret_name=env.get("GATEWAY_SPN_SECRET_NAME") or None,
+        static_token=Secret(env["GATEWAY_STATIC_TOKEN"]) if env.get("GATEWAY_STATIC_TOKEN") else None,
+    )
+    if mode == "spn":
+        for name, value in (
+            ("GATEWAY_SPN_TENANT_ID", settings.spn_tenant_id),
+            ("GATEWAY_SPN_CLIENT_ID", settings.spn_client_id),
+            ("GATEWAY_SPN_SECRET_NAME", settings.spn_secret_name),
+            ("GATEWAY_KEYVAULT_URI", settings.keyvault_uri),
+        ):
+            if not value:
+                raise ConfigError(f"{name}: required when GATEWAY_CREDENTIAL is spn")
+    if mode == "static" and settings.static_token is None:
+        raise ConfigError("GATEWAY_STATIC_TOKEN: required when GATEWAY_CREDENTIAL is static (local simulators only)")
+    return settings
+
+
+def _table(env: Mapping[str, str]) -> TableSettings:
+    connection = env.get("GATEWAY_TABLE_CONNECTION_STRING", "")
+    endpoint = env.get("GATEWAY_TABLE_ENDPOINT", "").rstrip("/")
+    if endpoint and not endpoint.startswith(("https://", "http://")):
+        raise ConfigError("GATEWAY_TABLE_ENDPOINT: must be an http(s) URL")
+    return TableSettings(
+        connection_string=Secret(connection) if connection else None,
+        endpoint=endpoint or None,
+        flush_interval_seconds=_positive_float(
+            env.get("GATEWAY_LEDGER_FLUSH_SECONDS", "1"), "GATEWAY_LEDGER_FLUSH_SECONDS"
+        ),
+    )
+
+
+def _entra(env: Mapping[str, str]) -> EntraSettings:
+    def split(name: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+
+    authority = env.get("GATEWAY_ENTRA_AUTHORITY", "").rstrip("/") or EntraSettings.authority
+    return EntraSettings(
+        tenants=split("GATEWAY_ENTRA_TENANT_ID"),
+        audiences=split("GATEWAY_ENTRA_AUDIENCE"),
+        required_role=env.get("GATEWAY_ENTRA_REQUIRED_ROLE") or None,
+        authority=authority,
+    )
+
+
+def _object(raw: Any, where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a JSON object")
+    return raw
+
+
+def _string(raw: Any, where: str) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigError(f"{where}: must be a non-empty string")
+    return raw.strip()
+
+
+def _positive_int(raw: Any, where: str) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0:
+        raise ConfigError(f"{where}: must be a positive integer")
+    return raw
+
+
+def _positive_float(raw: Any, where: str) -> float:
+    value = _non_negative_float(raw, where)
+    if value <= 0:
+        raise ConfigError(f"{where}: must be positive")
+    return value
+
+
+def _non_negative_float(raw: Any, where: str) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: must be a number") from None
+    if isinstance(raw, bool) or value < 0 or value != value:
+        raise ConfigError(f"{where}: must be a non-negative number")
+    return value

@@ -1,0 +1,229 @@
+"""The composition root: builds every part from Settings once per process and adapts HTTP to the router.
+
+function_app.py hands each trigger to one Gateway. I/O resources (the pooled aiohttp session, the
+credential, the ledger's background flush) start lazily inside the running event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from typing import Any
+
+import aiohttp
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from shared.auth import Authenticator
+from shared.clock import Clock, ScaledClock
+from shared.config import Settings, load_settings
+from shared.credentials import TokenProvider, build_token_provider
+from shared.errors import GatewayError
+from shared.health import HealthBoard, OutlierPolicy
+from shared.ledger import Ledger, LocalLedger
+from shared.probe import HealthStore, MemoryHealthStore, probe_host
+from shared.proxy import Outgoing, Proxy
+
+log = logging.getLogger("gateway")
+_JSON = {"content-type": "application/json"}
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        tokens: TokenProvider | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or ScaledClock(settings.time_scale)
+        self._rng = rng or random.Random()
+        self._tokens = tokens
+        routing = settings.routing
+        self.health = HealthBoard(
+            self.clock,
+            OutlierPolicy(
+                consecutive_failures=routing.consecutive_failures,
+                ejection_base_seconds=routing.ejection_base_seconds,
+                ejection_max_seconds=routing.ejection_max_seconds,
+                default_cooldown_seconds=routing.default_cooldown_seconds,
+            ),
+        )
+        self.authenticator = Authenticator(settings.clients)
+        self._proxy: Proxy | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._ledger: Ledger | None = None
+        self._health_store: HealthStore = MemoryHealthStore()
+        self._starting = asyncio.Lock()
+
+    @classmethod
+    def from_environment(cls) -> Gateway:
+        return cls(load_settings())
+
+    async def _start(self) -> Proxy:
+        if self._proxy is not None:
+            return self._proxy
+        async with self._starting:
+            if self._proxy is None:
+                routing = self.settings.routing
+                # One pooled session per process: connections to every region stay warm.
+                self._session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True),
+                    auto_decompress=False,
+                )
+                if self._tokens is None:
+                    self._tokens = await build_token_provider(self.settings.credential)
+                self._ledger = LocalLedger(
+                    self.clock,
+                    window_seconds=routing.window_seconds,
+                    request_window_seconds=routing.request_window_seconds,
+                    expiry_margin_seconds=routing.expiry_margin_seconds,
+                )
+                self._proxy = Proxy(
+                    cluster=self.settings.cluster,
+                    routing=routing,
+                    ledger=self._ledger,
+                    health=self.health,
+                    authenticator=self.authenticator,
+                    tokens=self._tokens,
+                    host_keys=self.settings.host_keys,
+                    session=self._session,
+                    clock=self.clock,
+                    rng=self._rng,
+                )
+        return self._proxy
+
+    async def handle(self, request: Request) -> Response:
+        proxy = await self._start()
+        raw_path = request.scope.get("raw_path")
+        path = raw_path.decode("latin-1").partition("?")[0] if raw_path else request.url.path
+        outgoing = await proxy.handle(
+            request.method,
+            path,
+            request.query_params.multi_items(),
+            request.headers,
+            lambda limit: _read_body(request, limit),
+        )
+        return _to_response(outgoing)
+
+    async def healthz(self, request: Request) -> Response:
+        """For the Application Gateway's probe: 200 while at least one host can serve."""
+        await self._start()
+        hosts = self.settings.cluster.all_hosts()
+        serving = [h.name for h in hosts if self.health.recovers_in(h.key) != float("inf")]
+        status = 200 if serving else 503
+        return Response(
+            json.dumps({"status": "ok" if serving else "unavailable", "hosts": len(serving)}), status, _JSON
+        )
+
+    async def status(self, request: Request) -> Response:
+        """Per-host health, cooldown and window usage against quota; no secrets, callers must authenticate."""
+        await self._start()
+        try:
+            await self.authenticator.authenticate(request.headers)
+        except GatewayError as exc:
+            return _to_response(Outgoing(exc.status, exc.headers(), exc.body()))
+        return Response(json.dumps(self.describe(), indent=2), 200, _JSON)
+
+    def describe(self) -> dict[str, Any]:
+        assert self._ledger is not None and self._proxy is not None
+        served = self._ledger.usage()
+        deployments: dict[str, list[dict[str, Any]]] = {}
+        for logical, hosts in self.settings.cluster.deployments.items():
+            deployments[logical] = []
+            for host in hosts:
+                free_tokens, free_requests = self._ledger.headroom(host.key, host.tpm, host.rpm)
+                usage = served.get(host.key)
+                deployments[logical].append(
+                    {
+                        "name": host.name,
+                        "deployment": host.deployment,
+                        "endpoint": host.endpoint,
+                        "priority": host.priority,
+                        "weight": host.weight,
+                        "tpm": host.tpm,
+                        "rpm": host.rpm,
+                        "window_tokens": round(self._ledger.window_tokens(host.key)),
+                        "free_tokens": round(free_tokens),
+                        "free_requests": round(free_requests),
+                        "served_tokens": usage.tokens if usage else 0,
+                        "served_requests": usage.requests if usage else 0,
+                        "by_client": dict(usage.by_client) if usage else {},
+                        **self.health.describe(host.key),
+                    }
+                )
+        return {"instance": self.settings.instance_id, "in_flight": self._proxy.in_flight, "deployments": deployments}
+
+    async def probe(self) -> None:
+        """The timer trigger: probe every host, publish, and apply the results here at once."""
+        await self._start()
+        assert self._session is not None and self._tokens is not None
+        hosts = self.settings.cluster.all_hosts()
+        timeout = min(10.0, self.clock.to_real(self.settings.routing.connect_timeout_seconds * 2))
+        headers = [await self._probe_headers(host.key) for host in hosts]
+        results = await asyncio.gather(
+            *(
+                probe_host(self._session, host, h, previous=self.health.probe_result(host.key), timeout_seconds=timeout)
+                for host, h in zip(hosts, headers, strict=True)
+            )
+        )
+        by_key = {host.key: result for host, result in zip(hosts, results, strict=True)}
+        for host in hosts:
+            result = by_key[host.key]
+            previous = self.health.probe_result(host.key)
+            if previous is None or previous.healthy != result.healthy:
+                log.log(
+                    logging.INFO if result.healthy else logging.WARNING,
+                    "probe: host %s %s: %s",
+                    host.key,
+                    "healthy" if result.healthy else "UNHEALTHY",
+                    result.reason,
+                )
+            self.health.set_probe(host.key, result)
+        await self._health_store.publish(by_key)
+
+    async def _probe_headers(self, host_key: str) -> dict[str, str]:
+        assert self._tokens is not None
+        key = self.settings.host_keys.get(host_key)
+        if key is not None:
+            return {"api-key": key.reveal()}
+        try:
+            return {"authorization": "Bearer " + await self._tokens.token()}
+        except Exception:  # noqa: BLE001 - reported by the probe as a 401 from upstream; never crash the timer
+            return {}
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._tokens is not None:
+            await self._tokens.close()
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read at most `limit` bytes; answer 413 as soon as the body is known to be larger."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise GatewayError(400, "invalid_request", "Content-Length is not a number.")
+        if int(declared) > limit:
+            raise GatewayError(
+                413, "request_too_large", f"The request body exceeds the gateway's limit of {limit} bytes."
+            )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise GatewayError(
+                413, "request_too_large", f"The request body exceeds the gateway's limit of {limit} bytes."
+            )
+    return bytes(body)
+
+
+def _to_response(outgoing: Outgoing) -> Response:
+    if outgoing.stream is not None:
+        return StreamingResponse(outgoing.stream, outgoing.status, outgoing.headers)
+    return Response(outgoing.body, outgoing.status, outgoing.headers)

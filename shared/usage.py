@@ -1,0 +1,190 @@
+"""Token arithmetic: what a request may cost before it runs, and what it really used after.
+
+The estimate follows Azure's own admission rule: prompt size counted from characters (about four
+per token, plus a few per chat message) plus the completion budget times the number of choices.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
+# stream_options (and so include_usage) exists from this Azure api-version on.
+STREAM_USAGE_MIN_API_VERSION = "2024-09-01"
+
+
+def estimate_cost(operation: str, body: Mapping[str, Any] | None, default_max_tokens: int) -> int:
+    """Tokens Azure will charge at admission for this request; 0 for operations without a token quota."""
+    if body is None:
+        return 0
+    if operation == "embeddings":
+        return _count_input(body.get("input"))
+    if operation == "chat/completions":
+        prompt = _count_messages(body.get("messages")) + _chars_tokens(_json_len(body.get("tools")))
+    elif operation == "completions":
+        prompt = _count_input(body.get("prompt"))
+    elif operation == "responses":
+        prompt = _count_input(body.get("input")) + _chars_tokens(_text_len(body.get("instructions")))
+    else:
+        return 0
+    completion = _first_int(body, ("max_completion_tokens", "max_tokens", "max_output_tokens"))
+    choices = max(_first_int(body, ("n",)) or 1, _first_int(body, ("best_of",)) or 1)
+    return prompt + (completion or default_max_tokens) * choices
+
+
+def _first_int(body: Mapping[str, Any], names: tuple[str, ...]) -> int | None:
+    for name in names:
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _chars_tokens(chars: int) -> int:
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def _count_messages(messages: Any) -> int:
+    if not isinstance(messages, list):
+        return 0
+    chars = sum(_text_len(m.get("content")) for m in messages if isinstance(m, dict))
+    return _chars_tokens(chars) + TOKENS_PER_MESSAGE * len(messages)
+
+
+def _count_input(value: Any) -> int:
+    """Strings count by characters, token arrays by length; lists of either add up."""
+    if isinstance(value, str):
+        return _chars_tokens(len(value))
+    if isinstance(value, list):
+        if value and all(isinstance(v, int) for v in value):
+            return len(value)
+        return sum(_count_input(v) if not isinstance(v, dict) else _count_messages([v]) for v in value)
+    return 0
+
+
+def _text_len(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(
+            len(part["text"]) for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return 0
+
+
+def _json_len(value: Any) -> int:
+    return len(json.dumps(value)) if value else 0
+
+
+def usage_tokens(usage: Any) -> int | None:
+    """Total tokens from a chat/completions/embeddings or Responses `usage` object."""
+    if not isinstance(usage, dict):
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int):
+        return total
+    parts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")]
+    numbers = [p for p in parts if isinstance(p, int)]
+    return sum(numbers) if numbers else None
+
+
+def usage_from_json(body: bytes) -> int | None:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    return usage_tokens(doc.get("usage") if "usage" in doc else (doc.get("response") or {}).get("usage"))
+
+
+def supports_stream_usage(api_version: str | None) -> bool:
+    """The v1 surface has no api-version; dated versions need 2024-09-01(-preview) or later."""
+    if not api_version or api_version in ("preview", "latest", "v1"):
+        return True
+    return api_version[:10] >= STREAM_USAGE_MIN_API_VERSION
+
+
+def wants_stream_usage(body: Mapping[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+@dataclass
+class SseEvent:
+    raw: bytes  # the whole event, terminator included, exactly as received
+    usage: int | None
+    is_usage_only: bool  # the extra chunk include_usage adds: empty choices, usage set
+
+
+_USAGE_NULL = b',"usage":null'
+
+
+class SseScanner:
+    """Splits an SSE byte stream into whole events as they complete; never holds more than one event.
+
+    With `strip_usage` (the gateway asked for usage the client did not), the extra usage chunk is
+    reported for removal and the `"usage":null` that include_usage adds to every chunk is taken out,
+    so the client receives what Azure would have sent it.
+    """
+
+    def __init__(self, strip_usage: bool = False) -> None:
+        self._buffer = b""
+        self._strip = strip_usage
+        self.usage: int | None = None
+        self.done = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        out: list[bytes] = []
+        while True:
+            cut = _event_end(self._buffer)
+            if cut < 0:
+                return out
+            event, self._buffer = self._buffer[:cut], self._buffer[cut:]
+            forwarded = self._event(event)
+            if forwarded:
+                out.append(forwarded)
+
+    def flush(self) -> bytes:
+        """Whatever trails the last complete event (a well-formed stream leaves nothing)."""
+        rest, self._buffer = self._buffer, b""
+        return rest
+
+    def _event(self, event: bytes) -> bytes:
+        if event.startswith(b"data: [DONE]"):
+            self.done = True
+            return event
+        if b'"usage"' not in event:
+            return event
+        payload = _data_payload(event)
+        if isinstance(payload, dict) and payload.get("usage") is not None:
+            self.usage = usage_tokens(payload["usage"])
+            if self._strip and payload.get("choices") == []:
+                return b""
+        if self._strip:
+            return event.replace(_USAGE_NULL, b"")
+        return event
+
+
+def _event_end(buffer: bytes) -> int:
+    """Index just past the first event terminator (blank line), or -1."""
+    best = -1
+    for terminator in (b"\n\n", b"\r\n\r\n"):
+        i = buffer.find(terminator)
+        if i >= 0 and (best < 0 or i + len(terminator) < best):
+            best = i + len(terminator)
+    return best
+
+
+def _data_payload(event: bytes) -> Any:
+    lines = [line[5:].lstrip() for line in event.splitlines() if line.startswith(b"data:")]
+    try:
+        return json.loads(b"\n".join(lines))
+    except (ValueError, UnicodeDecodeError):
+        return None
