@@ -13,6 +13,7 @@ import secrets
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ class Stack:
     table_connection_string: str | None = None
     routing: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
+    simulator_args: Sequence[str] = ()
     client_key: str = field(default_factory=lambda: "gw-" + secrets.token_urlsafe(24))
     region_urls: dict[str, str] = field(default_factory=dict, init=False)
     control_url: str = field(default="", init=False)
@@ -104,7 +106,7 @@ class Stack:
         return process, log
 
     def _start_simulator(self) -> None:
-        args = [PYTHON, "-m", "dev.simulator", "--time-scale", str(self.time_scale), "--port", "0"]
+        args = [PYTHON, "-m", "dev.simulator", "--time-scale", str(self.time_scale), "--port", "0", *self.simulator_args]
         for region in self.regions:
             args += ["--region", f"{region.name}:{region.physical}={region.tpm},{EMBEDDINGS}={region.embeddings_tpm}"]
         process, log = self._spawn(args, "simulator.log")
@@ -156,6 +158,17 @@ class Stack:
         line = _wait_for_line(log, r"^Listening on http://", process)
         return line.split("Listening on ", 1)[1].strip()
 
+    def set_faults(self, region: str, **faults: object) -> None:
+        _post(f"{self.control_url}/_sim/{region}/faults", faults)
+
+    def reset_regions(self) -> None:
+        _post(f"{self.control_url}/_sim/reset", {})
+
+    def region_stats(self, region: str) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.control_url}/_sim/{region}/stats", timeout=10) as response:
+            stats: dict[str, Any] = json.load(response)
+        return stats
+
     def logs(self) -> str:
         return "\n".join(
             f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}" for log in sorted(self.workdir.glob("*.log"))
@@ -172,3 +185,11 @@ class Stack:
                 process.kill()
                 process.wait()
         self._processes.clear()
+
+
+def _post(url: str, body: Mapping[str, object]) -> None:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from shared.config import Client
+from shared.entra import AuthError, EntraValidator
 from shared.errors import GatewayError
 
 
@@ -24,6 +25,20 @@ class Caller:
 
 class BearerValidator(Protocol):
     async def validate(self, authorization_header: str) -> Caller: ...
+
+
+class EntraBearer:
+    """Adapts the Entra ID token validator to the gateway's callers and OpenAI-shaped errors."""
+
+    def __init__(self, validator: EntraValidator) -> None:
+        self._validator = validator
+
+    async def validate(self, authorization_header: str) -> Caller:
+        try:
+            principal = await self._validator.validate(authorization_header)
+        except AuthError as exc:
+            raise GatewayError(exc.status, str(exc.status), exc.message) from None
+        return Caller(principal.name, "entra")
 
 
 def _digest(value: str) -> bytes:
@@ -40,8 +55,14 @@ class Authenticator:
         if key:
             return self._by_key(key)
         authorization = headers.get("authorization")
-        if authorization and self._bearer is not None:
-            return await self._bearer.validate(authorization)
+        if authorization:
+            scheme, _, credential = authorization.partition(" ")
+            credential = credential.strip()
+            # The SDKs' v1 clients (OpenAI(base_url=...)) send the key as a bearer token; JWTs have two dots.
+            if scheme.lower() == "bearer" and credential and credential.count(".") != 2:
+                return self._by_key(credential)
+            if self._bearer is not None:
+                return await self._bearer.validate(authorization)
         raise GatewayError(
             401,
             "401",
