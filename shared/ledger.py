@@ -12,7 +12,7 @@ which only ever underestimates what the host has left.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -29,6 +29,7 @@ class Reservation:
     mark: float = 0.0  # this host's cumulative reserved tokens just after this reservation
     request_mark: float = 0.0
     state: str = "open"  # open -> settled | released
+    slot: int = 0  # the shared ledger's time slot whose row carries it
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,11 @@ class LocalLedger:
         request_window_seconds: float = 10.0,
         expiry_margin_seconds: float = 0.5,
         resolution: float = 0.25,
+        others: Callable[[str], tuple[float, float]] | None = None,
     ) -> None:
         self._clock = clock
+        # (tokens, requests) other instances have used in the current windows, per host: see TableLedger.
+        self._others = others or (lambda _: (0.0, 0.0))
         self._window = window_seconds + expiry_margin_seconds
         self._request_window = request_window_seconds + expiry_margin_seconds
         self._resolution = resolution
@@ -132,6 +136,12 @@ class LocalLedger:
         book.requests.add(reservation.at, -1)
         book.reserved_tokens -= reservation.tokens
         book.reserved_requests -= 1
+        # A hint observed after this reservation already counted it as spent; taking it back from the
+        # cumulative total must not hand that room out again.
+        if book.token_hint is not None and reservation.mark <= book.token_hint.mark:
+            book.token_hint.mark -= reservation.tokens
+        if book.request_hint is not None and reservation.request_mark <= book.request_hint.mark:
+            book.request_hint.mark -= 1
 
     def observe(self, reservation: Reservation, remaining_tokens: int | None, remaining_requests: int | None) -> None:
         book = self._book(reservation.host_key)
@@ -149,9 +159,9 @@ class LocalLedger:
         """(tokens, requests) this host can still take now."""
         book = self._book(host_key)
         now = self._clock.now()
-        rpm_limit = self.request_limit(rpm)
-        tokens = tpm - book.tokens.total(now)
-        requests = rpm_limit - book.requests.total(now)
+        others_tokens, others_requests = self._others(host_key)
+        tokens = tpm - others_tokens - book.tokens.total(now)
+        requests = self.request_limit(rpm) - others_requests - book.requests.total(now)
         tokens = min(tokens, self._hinted(book.token_hint, book.reserved_tokens, book.tokens, now, self._window))
         requests = min(
             requests, self._hinted(book.request_hint, book.reserved_requests, book.requests, now, self._request_window)
@@ -172,12 +182,14 @@ class LocalLedger:
         """When a request of this cost could be admitted, judging by this instance's windows."""
         book = self._book(host_key)
         now = self._clock.now()
-        wait_tokens = book.tokens.seconds_until(now, min(tokens, tpm), tpm)
-        wait_requests = book.requests.seconds_until(now, 1, self.request_limit(rpm))
+        others_tokens, others_requests = self._others(host_key)
+        wait_tokens = book.tokens.seconds_until(now, min(tokens, tpm), tpm - others_tokens)
+        wait_requests = book.requests.seconds_until(now, 1, self.request_limit(rpm) - others_requests)
         wait = max(wait_tokens, wait_requests)
         free_tokens, free_requests = self.headroom(host_key, tpm, rpm)
-        if wait == 0 and (free_tokens < min(tokens, tpm) or free_requests < 1):
-            # Only an upstream hint holds it back; it loosens as our own window expires, so look again soon.
+        if wait in (0.0, math.inf) and (free_tokens < min(tokens, tpm) or free_requests < 1):
+            # Held back by an upstream hint or by other instances' usage: both loosen as time passes,
+            # at a pace this instance cannot compute exactly, so look again soon.
             wait = self._resolution
         return wait
 

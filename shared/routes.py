@@ -50,7 +50,7 @@ def match(method: str, path: str) -> Route:
         raise GatewayError(404, "NotFound", "Resource not found.")
     if path.startswith(_DEPLOYMENTS):
         deployment, _, operation = path[len(_DEPLOYMENTS) :].partition("/")
-        if not _NAME.match(deployment) or operation not in DEPLOYMENT_OPERATIONS:
+        if not _NAME.fullmatch(deployment) or operation not in DEPLOYMENT_OPERATIONS:
             raise GatewayError(404, "NotFound", "Resource not found.")
         route = Route(operation, deployment, v1=False)
     elif path.startswith(_V1) and path[len(_V1) :] in OPERATIONS:
@@ -63,7 +63,7 @@ def match(method: str, path: str) -> Route:
 
 
 def valid_deployment_name(name: str) -> bool:
-    return bool(_NAME.match(name))
+    return bool(_NAME.fullmatch(name))
 
 
 def upstream_query(params: list[tuple[str, str]]) -> str:

@@ -100,7 +100,10 @@ def usage_from_json(body: bytes) -> int | None:
         return None
     if not isinstance(doc, dict):
         return None
-    return usage_tokens(doc.get("usage") if "usage" in doc else (doc.get("response") or {}).get("usage"))
+    if "usage" in doc:
+        return usage_tokens(doc["usage"])
+    response = doc.get("response")  # Responses API events wrap the response object
+    return usage_tokens(response.get("usage")) if isinstance(response, dict) else None
 
 
 def supports_stream_usage(api_version: str | None) -> bool:

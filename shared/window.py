@@ -6,6 +6,7 @@ bucket width later than an exact window would: never earlier than the upstream l
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 
@@ -18,15 +19,19 @@ class SlidingWindow:
         self._order: deque[int] = deque()
         self._total = 0.0
         self.expired_total = 0.0  # everything that has left the window, ever
+        self._expired_through = -math.inf  # the newest bucket index that has expired
 
     def add(self, at: float, amount: float) -> None:
         """Add (or with a negative amount, take back) at clock time `at`."""
         index = math.floor(at / self.resolution)
         if index not in self._buckets:
-            if self._order and index < self._order[-1]:
-                return  # older than anything kept: already expired, nothing to adjust
+            if index <= self._expired_through:
+                return  # that bucket has left the window: nothing there to adjust
             self._buckets[index] = 0.0
-            self._order.append(index)
+            if not self._order or index > self._order[-1]:
+                self._order.append(index)
+            else:
+                bisect.insort(self._order, index)  # a late settle into a quiet, still-counted moment
         self._buckets[index] += amount
         self._total += amount
 
@@ -51,6 +56,8 @@ class SlidingWindow:
 
     def _expire(self, now: float) -> None:
         while self._order and self._expiry(self._order[0]) <= now:
-            amount = self._buckets.pop(self._order.popleft())
+            index = self._order.popleft()
+            self._expired_through = index
+            amount = self._buckets.pop(index)
             self._total -= amount
             self.expired_total += amount

@@ -131,9 +131,7 @@ class Env:
         claims.update(overrides)
         return {k: v for k, v in claims.items() if v is not None}
 
-    def token(
-        self, key: rsa.RSAPrivateKey = KEY1, kid: str = "k1", alg: str = "RS256", **overrides: Any
-    ) -> str:
+    def token(self, key: rsa.RSAPrivateKey = KEY1, kid: str = "k1", alg: str = "RS256", **overrides: Any) -> str:
         return jwt.encode(self.claims(**overrides), key, algorithm=alg, headers={"kid": kid})
 
     async def warm_up(self) -> None:
@@ -155,9 +153,7 @@ async def env() -> AsyncIterator[Env]:
     try:
         async with aiohttp.ClientSession() as session:
             clock = ManualClock()
-            cache = JwksCache(
-                aiohttp_jwks_fetcher(session, timeout=2.0), clock, ttl=TTL, min_refresh=MIN_REFRESH
-            )
+            cache = JwksCache(aiohttp_jwks_fetcher(session, timeout=2.0), clock, ttl=TTL, min_refresh=MIN_REFRESH)
             yield Env(endpoint, f"http://127.0.0.1:{port}", session, clock, cache)
             endpoint.release.set()
     finally:
@@ -220,9 +216,7 @@ async def test_accepted_variants(env: Env, overrides: dict[str, Any], name: str)
         (NOW - LEEWAY + 1, None),  # not yet valid, but within leeway
     ],
 )
-async def test_validity_window_uses_wall_time_and_leeway(
-    env: Env, wall_time: float, reason: str | None
-) -> None:
+async def test_validity_window_uses_wall_time_and_leeway(env: Env, wall_time: float, reason: str | None) -> None:
     validator = env.validator(wall_time=wall_time)
     header = f"Bearer {env.token()}"
     if reason is None:
@@ -248,9 +242,7 @@ async def test_validity_window_uses_wall_time_and_leeway(
         ({"azp": None, "oid": None}, "token has no client identity"),
     ],
 )
-async def test_invalid_claims_are_rejected(
-    env: Env, overrides: dict[str, Any], reason: str
-) -> None:
+async def test_invalid_claims_are_rejected(env: Env, overrides: dict[str, Any], reason: str) -> None:
     await rejected(env.validator(), f"Bearer {env.token(**overrides)}", reason)
 
 
@@ -298,16 +290,12 @@ def forged(header: dict[str, Any], claims: dict[str, Any], sign: Any) -> str:
 
 
 def public_pem() -> bytes:
-    return KEY1.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return KEY1.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("alg", ["none", "HS256", "RS512", "PS256", None])
-async def test_algorithms_other_than_rs256_are_rejected_before_any_key_use(
-    env: Env, alg: str | None
-) -> None:
+async def test_algorithms_other_than_rs256_are_rejected_before_any_key_use(env: Env, alg: str | None) -> None:
     claims = env.claims()
     if alg == "none":
         token = forged({"alg": "none", "kid": "k1"}, claims, lambda _: b"")

@@ -1,0 +1,222 @@
+"""Cost estimates (Azure's admission arithmetic), usage from JSON, and the SSE scanner."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.usage import SseScanner, estimate_cost, supports_stream_usage, usage_from_json, wants_stream_usage
+
+DEFAULT = 4096
+
+
+def chat(*contents: Any, **extra: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": c} for c in contents], **extra}
+
+
+# chat: ceil(characters of all contents / 4) + 4 per message + completion budget x choices
+
+
+def test_chat_counts_characters_and_messages() -> None:
+    assert estimate_cost("chat/completions", chat("abcdefgh", max_tokens=100), DEFAULT) == 2 + 4 + 100
+    # characters add up across messages before rounding: 3 + 5 = 8 chars = 2 tokens
+    assert estimate_cost("chat/completions", chat("abc", "abcde", max_tokens=10), DEFAULT) == 2 + 8 + 10
+    assert estimate_cost("chat/completions", chat("a", max_tokens=10), DEFAULT) == 1 + 4 + 10
+
+
+def test_chat_counts_the_text_parts_of_multi_part_content() -> None:
+    content = [
+        {"type": "text", "text": "abcd"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+        {"type": "text", "text": "efgh"},
+    ]
+    assert estimate_cost("chat/completions", chat(content, max_tokens=1), DEFAULT) == 2 + 4 + 1
+
+
+def test_chat_counts_tool_definitions() -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    without = estimate_cost("chat/completions", chat("hi", max_tokens=1), DEFAULT)
+    with_tools = estimate_cost("chat/completions", chat("hi", max_tokens=1, tools=tools), DEFAULT)
+    assert with_tools - without == math.ceil(len(json.dumps(tools)) / 4)
+
+
+def test_default_completion_budget_when_absent_or_invalid() -> None:
+    assert estimate_cost("chat/completions", chat("abcd"), DEFAULT) == 1 + 4 + DEFAULT
+    assert estimate_cost("chat/completions", chat("abcd"), 16) == 1 + 4 + 16
+    for bad in (0, -5, "100", True, None):
+        assert estimate_cost("chat/completions", chat("abcd", max_tokens=bad), 16) == 1 + 4 + 16
+
+
+def test_max_completion_tokens_is_a_budget_too() -> None:
+    assert estimate_cost("chat/completions", chat("abcd", max_completion_tokens=50), DEFAULT) == 1 + 4 + 50
+
+
+def test_choices_multiply_the_completion_budget() -> None:
+    assert estimate_cost("chat/completions", chat("abcd", max_tokens=10, n=3), DEFAULT) == 5 + 30
+    assert estimate_cost("completions", {"prompt": "abcd", "max_tokens": 10, "best_of": 4, "n": 2}, DEFAULT) == 1 + 40
+
+
+def test_completions_prompt_forms() -> None:
+    assert estimate_cost("completions", {"prompt": "abcdefgh", "max_tokens": 16}, DEFAULT) == 2 + 16
+    assert estimate_cost("completions", {"prompt": ["abcd", "abcdefgh"], "max_tokens": 1}, DEFAULT) == 3 + 1
+    assert estimate_cost("completions", {"prompt": [10, 20, 30], "max_tokens": 1}, DEFAULT) == 3 + 1
+
+
+def test_embeddings_count_input_only() -> None:
+    assert estimate_cost("embeddings", {"input": "abcdefgh", "max_tokens": 999}, DEFAULT) == 2
+    assert estimate_cost("embeddings", {"input": ["abcd", "abcdefghi"]}, DEFAULT) == 1 + 3
+    assert estimate_cost("embeddings", {"input": [1, 2, 3, 4, 5]}, DEFAULT) == 5
+    assert estimate_cost("embeddings", {"input": [[1, 2], [3, 4, 5]]}, DEFAULT) == 5
+    assert estimate_cost("embeddings", {}, DEFAULT) == 0
+
+
+def test_responses_count_input_instructions_and_output_budget() -> None:
+    body = {"input": "abcdefgh", "instructions": "abcd", "max_output_tokens": 50}
+    assert estimate_cost("responses", body, DEFAULT) == 2 + 1 + 50
+    items = {"input": [{"role": "user", "content": [{"type": "input_text", "text": "abcdefgh"}]}]}
+    assert estimate_cost("responses", items, 7) == 2 + 4 + 7
+
+
+@pytest.mark.parametrize("operation", ["images/generations", "audio/transcriptions", "audio/speech", "unknown"])
+def test_operations_without_token_quota_cost_nothing(operation: str) -> None:
+    assert estimate_cost(operation, {"prompt": "a cat", "input": "hello", "max_tokens": 10}, DEFAULT) == 0
+
+
+def test_no_body_costs_nothing() -> None:
+    assert estimate_cost("chat/completions", None, DEFAULT) == 0
+
+
+@given(st.text(max_size=200), st.integers(1, 10**6), st.integers(1, 10**6), st.integers(1, 5))
+def test_estimate_is_monotonic_in_max_tokens(prompt: str, a: int, b: int, n: int) -> None:
+    low, high = sorted((a, b))
+    cost_low = estimate_cost("chat/completions", chat(prompt, max_tokens=low, n=n), DEFAULT)
+    cost_high = estimate_cost("chat/completions", chat(prompt, max_tokens=high, n=n), DEFAULT)
+    assert cost_high - cost_low == (high - low) * n
+
+
+@pytest.mark.parametrize(
+    ("body", "tokens"),
+    [
+        (b'{"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}', 15),
+        (b'{"usage":{"prompt_tokens":10,"completion_tokens":5}}', 15),
+        (b'{"usage":{"prompt_tokens":8}}', 8),  # embeddings
+        (b'{"object":"response","usage":{"input_tokens":3,"output_tokens":4,"total_tokens":7}}', 7),
+        (b'{"type":"response.completed","response":{"usage":{"input_tokens":3,"output_tokens":4}}}', 7),
+        (b'{"usage":null}', None),
+        (b'{"id":"x"}', None),
+        (b"[1, 2]", None),
+        (b"not json", None),
+        (b"\xff\xfe", None),
+        (b'{"response":"ok"}', None),  # valid JSON whose "response" is not an object
+    ],
+)
+def test_usage_from_json(body: bytes, tokens: int | None) -> None:
+    assert usage_from_json(body) == tokens
+
+
+@pytest.mark.parametrize(
+    ("version", "supported"),
+    [
+        (None, True),
+        ("", True),
+        ("preview", True),
+        ("v1", True),
+        ("2024-09-01-preview", True),
+        ("2024-10-21", True),
+        ("2025-04-01-preview", True),
+        ("2024-08-01-preview", False),
+        ("2024-06-01", False),
+        ("2023-05-15", False),
+    ],
+)
+def test_supports_stream_usage(version: str | None, supported: bool) -> None:
+    assert supports_stream_usage(version) is supported
+
+
+def test_wants_stream_usage() -> None:
+    assert wants_stream_usage({"stream_options": {"include_usage": True}})
+    assert not wants_stream_usage({"stream_options": {"include_usage": "true"}})
+    assert not wants_stream_usage({"stream": True})
+
+
+# An Azure stream as the gateway receives it after adding include_usage for its own accounting.
+FILTER = b'data: {"choices":[],"id":"","prompt_filter_results":[{"prompt_index":0}],"usage":null}\n\n'
+CHUNK1 = b'data: {"choices":[{"delta":{"content":"Hel"},"index":0}],"id":"c1","usage":null}\n\n'
+CHUNK2 = b'data: {"choices":[{"delta":{"content":"lo"},"index":0}],"id":"c1","usage":null}\n\n'
+USAGE = b'data: {"choices":[],"id":"c1","usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}\n\n'
+DONE = b"data: [DONE]\n\n"
+STREAM = FILTER + CHUNK1 + CHUNK2 + USAGE + DONE
+
+
+def scan(data: bytes, cuts: list[int], strip: bool) -> tuple[bytes, SseScanner]:
+    scanner = SseScanner(strip_usage=strip)
+    out = b""
+    start = 0
+    for cut in [*sorted(cuts), len(data)]:
+        out += b"".join(scanner.feed(data[start:cut]))
+        start = cut
+    return out + scanner.flush(), scanner
+
+
+def test_passes_the_stream_through_and_captures_usage() -> None:
+    out, scanner = scan(STREAM, [], strip=False)
+    assert out == STREAM
+    assert scanner.usage == 11
+    assert scanner.done
+
+
+def test_strip_usage_gives_the_client_what_azure_would_have_sent() -> None:
+    out, scanner = scan(STREAM, [], strip=True)
+    expected = (FILTER + CHUNK1 + CHUNK2).replace(b',"usage":null', b"") + DONE
+    assert out == expected
+    assert b"usage" not in out
+    assert scanner.usage == 11  # the gateway still learns it
+
+
+def test_feed_returns_whole_events_only() -> None:
+    scanner = SseScanner()
+    assert scanner.feed(CHUNK1[:10]) == []
+    assert scanner.feed(CHUNK1[10:] + CHUNK2[:-1]) == [CHUNK1]
+    assert scanner.feed(CHUNK2[-1:]) == [CHUNK2]
+    assert not scanner.done
+    assert scanner.feed(DONE) == [DONE]
+    assert scanner.done
+
+
+def test_crlf_delimited_events() -> None:
+    stream = STREAM.replace(b"\n\n", b"\r\n\r\n")
+    scanner = SseScanner()
+    events = scanner.feed(stream)
+    assert len(events) == 5
+    assert b"".join(events) == stream
+    assert scanner.usage == 11
+    assert scanner.done
+    stripped, _ = scan(stream, [], strip=True)
+    expected = (FILTER + CHUNK1 + CHUNK2).replace(b',"usage":null', b"") + DONE
+    assert stripped == expected.replace(b"\n\n", b"\r\n\r\n")
+
+
+def test_a_truncated_stream_leaves_its_tail_to_flush() -> None:
+    scanner = SseScanner()
+    assert scanner.feed(CHUNK1 + CHUNK2[:20]) == [CHUNK1]
+    assert scanner.flush() == CHUNK2[:20]
+    assert scanner.flush() == b""
+    assert scanner.usage is None
+    assert not scanner.done
+
+
+@given(st.lists(st.integers(0, len(STREAM)), max_size=12), st.booleans(), st.booleans())
+def test_chunk_boundaries_do_not_matter(cuts: list[int], crlf: bool, strip: bool) -> None:
+    stream = STREAM.replace(b"\n\n", b"\r\n\r\n") if crlf else STREAM
+    whole, _ = scan(stream, [], strip)
+    split, scanner = scan(stream, cuts, strip)
+    assert split == whole
+    if not strip:
+        assert split == stream
+    assert scanner.usage == 11
+    assert scanner.done
