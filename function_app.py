@@ -24,6 +24,6 @@ async def status(req: Request) -> Response:
     return await gateway.status(req)
 
 
-@app.timer_trigger(schedule="%HEALTH_PROBE_SCHEDULE%", arg_name="timer", run_on_startup=True)
+@app.timer_trigger(schedule="%HEALTH_PROBE_SCHEDULE%", arg_name="timer", run_on_startup=False)
 async def health_probe(timer: func.TimerRequest) -> None:
     await gateway.probe()

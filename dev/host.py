@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--settings", type=Path, default=ROOT / "local.settings.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("azure").setLevel(logging.WARNING)  # the SDKs log every HTTP exchange at INFO
     load_local_settings(args.settings)
     app, banner = build()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

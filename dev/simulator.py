@@ -68,6 +68,8 @@ class Faults:
     error_500: bool = False
     drop_mid_stream: bool = False
     capacity_429: bool = False
+    # Provisioned (PTU) deployments report utilisation, not x-ratelimit-remaining-*: no hints to follow.
+    no_remaining_headers: bool = False
 
 
 @dataclass
@@ -342,6 +344,8 @@ class SimRegion:
         stats.admitted_requests += 1
         stats.admitted_tokens += call.cost
         tokens_left, requests_left = limiter.remaining()
+        if self.faults.no_remaining_headers:
+            return call, {}
         return call, {
             "x-ratelimit-remaining-tokens": str(tokens_left),
             "x-ratelimit-remaining-requests": str(requests_left),

@@ -66,6 +66,8 @@ class Stack:
     routing: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     simulator_args: Sequence[str] = ()
+    gateway_port: int = 0  # of the first instance; 0 picks a free port
+    instance_env: Sequence[Mapping[str, str]] = ()  # per-instance overrides, by index
     client_key: str = field(default_factory=lambda: "gw-" + secrets.token_urlsafe(24))
     region_urls: dict[str, str] = field(default_factory=dict, init=False)
     control_url: str = field(default="", init=False)
@@ -95,7 +97,9 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _spawn(self, args: list[str], log_name: str, env: Mapping[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path]:
+    def _spawn(
+        self, args: list[str], log_name: str, env: Mapping[str, str] | None = None
+    ) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.workdir / log_name
         handle = log.open("wb")
         process = subprocess.Popen(
@@ -106,7 +110,8 @@ class Stack:
         return process, log
 
     def _start_simulator(self) -> None:
-        args = [PYTHON, "-m", "dev.simulator", "--time-scale", str(self.time_scale), "--port", "0", *self.simulator_args]
+        args = [PYTHON, "-m", "dev.simulator", "--time-scale", str(self.time_scale), "--port", "0"]
+        args += self.simulator_args
         for region in self.regions:
             args += ["--region", f"{region.name}:{region.physical}={region.tpm},{EMBEDDINGS}={region.embeddings_tpm}"]
         process, log = self._spawn(args, "simulator.log")
@@ -145,18 +150,34 @@ class Stack:
             "GATEWAY_TIME_SCALE": str(self.time_scale),
             "GATEWAY_KEY_LOCAL_DEV": self.client_key,
             "GATEWAY_INSTANCE_ID": f"local-{index}",
-            "HEALTH_PROBE_SCHEDULE": "*/30 * * * * *",
+            "HEALTH_PROBE_SCHEDULE": "*/5 * * * * *",
             "PYTHONUNBUFFERED": "1",
         }
         if self.table_connection_string:
             env["GATEWAY_TABLE_CONNECTION_STRING"] = self.table_connection_string
-        return {**env, **self.env}
+        per_instance = self.instance_env[index] if index < len(self.instance_env) else {}
+        return {**env, **self.env, **per_instance}
 
     def _start_host(self, index: int, config: Path) -> str:
-        args = [PYTHON, "-m", "dev.host", "--port", "0", "--settings", str(self.workdir / "no-local-settings.json")]
+        port = self.gateway_port + index if self.gateway_port else 0
+        args = [
+            PYTHON,
+            "-m",
+            "dev.host",
+            "--port",
+            str(port),
+            "--settings",
+            str(self.workdir / "no-local-settings.json"),
+        ]
         process, log = self._spawn(args, f"host-{index}.log", self.host_env(index, config))
         line = _wait_for_line(log, r"^Listening on http://", process)
         return line.split("Listening on ", 1)[1].strip()
+
+    def status(self, index: int = 0) -> dict[str, Any]:
+        request = urllib.request.Request(self.gateway_urls[index] + "/status", headers={"api-key": self.client_key})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            report: dict[str, Any] = json.load(response)
+        return report
 
     def set_faults(self, region: str, **faults: object) -> None:
         _post(f"{self.control_url}/_sim/{region}/faults", faults)

@@ -25,6 +25,10 @@ class Clock(Protocol):
         """The real (wall) duration of `seconds` of clock time."""
         ...
 
+    def wall(self) -> float:
+        """Epoch seconds at this clock's speed: the same in every process, for state shared across instances."""
+        ...
+
 
 class ScaledClock:
     """A monotonic clock; `scale` > 1 compresses time for simulations and tests."""
@@ -43,6 +47,9 @@ class ScaledClock:
 
     def to_real(self, seconds: float) -> float:
         return seconds / self.scale
+
+    def wall(self) -> float:
+        return time.time() * self.scale
 
 
 class ManualClock:
@@ -63,3 +70,6 @@ class ManualClock:
 
     def to_real(self, seconds: float) -> float:
         return seconds
+
+    def wall(self) -> float:
+        return self._now

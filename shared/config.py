@@ -305,6 +305,10 @@ def _table(env: Mapping[str, str]) -> TableSettings:
         flush_interval_seconds=_positive_float(
             env.get("GATEWAY_LEDGER_FLUSH_SECONDS", "1"), "GATEWAY_LEDGER_FLUSH_SECONDS"
         ),
+        read_cache_seconds=_positive_float(env.get("GATEWAY_LEDGER_READ_SECONDS", "1"), "GATEWAY_LEDGER_READ_SECONDS"),
+        health_cache_seconds=_positive_float(
+            env.get("GATEWAY_HEALTH_CACHE_SECONDS", "5"), "GATEWAY_HEALTH_CACHE_SECONDS"
+        ),
     )
 
 

@@ -13,6 +13,8 @@ import random
 from typing import Any
 
 import aiohttp
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import AzureError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -22,9 +24,12 @@ from shared.config import Settings, load_settings
 from shared.credentials import TokenProvider, build_token_provider
 from shared.errors import GatewayError
 from shared.health import HealthBoard, OutlierPolicy
+from shared.health_store import HealthStore, MemoryHealthStore, TableHealthStore
 from shared.ledger import Ledger, LocalLedger
-from shared.probe import HealthStore, MemoryHealthStore, probe_host
+from shared.probe import probe_host
 from shared.proxy import Outgoing, Proxy
+from shared.storage import HEALTH_TABLE, USAGE_TABLE, table_client
+from shared.table_ledger import TableLedger
 
 log = logging.getLogger("gateway")
 _JSON = {"content-type": "application/json"}
@@ -57,7 +62,10 @@ class Gateway:
         self._proxy: Proxy | None = None
         self._session: aiohttp.ClientSession | None = None
         self._ledger: Ledger | None = None
+        self._table_ledger: TableLedger | None = None
         self._health_store: HealthStore = MemoryHealthStore()
+        self._storage_credential: AsyncTokenCredential | None = None
+        self._background: list[asyncio.Task[None]] = []
         self._starting = asyncio.Lock()
 
     @classmethod
@@ -77,12 +85,7 @@ class Gateway:
                 )
                 if self._tokens is None:
                     self._tokens = await build_token_provider(self.settings.credential)
-                self._ledger = LocalLedger(
-                    self.clock,
-                    window_seconds=routing.window_seconds,
-                    request_window_seconds=routing.request_window_seconds,
-                    expiry_margin_seconds=routing.expiry_margin_seconds,
-                )
+                self._ledger = self._build_ledger()
                 self._proxy = Proxy(
                     cluster=self.settings.cluster,
                     routing=routing,
@@ -96,6 +99,56 @@ class Gateway:
                     rng=self._rng,
                 )
         return self._proxy
+
+    def _build_ledger(self) -> Ledger:
+        """Table Storage when configured (shared by every instance), else this process's memory."""
+        routing, table = self.settings.routing, self.settings.table
+        windows: dict[str, Any] = {
+            "window_seconds": routing.window_seconds,
+            "request_window_seconds": routing.request_window_seconds,
+            "expiry_margin_seconds": routing.expiry_margin_seconds,
+        }
+        if not table.configured:
+            log.info("no Table Storage configured: in-memory ledger and health, correct for a single instance only")
+            return LocalLedger(self.clock, **windows)
+        if table.connection_string is None:
+            from azure.identity.aio import DefaultAzureCredential
+
+            # Storage is reached with the Function's managed identity, never a shared key.
+            self._storage_credential = DefaultAzureCredential(
+                managed_identity_client_id=self.settings.credential.managed_identity_client_id
+            )
+        ledger = TableLedger(
+            table_client(table, USAGE_TABLE, self._storage_credential),
+            self.clock,
+            self.settings.instance_id,
+            flush_interval=table.flush_interval_seconds,
+            read_interval=table.read_cache_seconds,
+            **windows,
+        )
+        self._table_ledger = ledger
+        self._health_store = TableHealthStore(table_client(table, HEALTH_TABLE, self._storage_credential))
+        self._background.append(asyncio.create_task(ledger.run()))
+        self._background.append(asyncio.create_task(self._follow_health(table.health_cache_seconds)))
+        return ledger
+
+    async def _follow_health(self, interval: float) -> None:
+        """Apply the probe results other instances' timers wrote, every few seconds."""
+        failing = False
+        while True:
+            try:
+                results = await self._health_store.load()
+                failing = False
+            except (TimeoutError, AzureError, OSError) as exc:
+                if not failing:
+                    log.warning("could not read shared health (%s); using the last known", type(exc).__name__)
+                failing = True
+                results = {}
+            for key, result in results.items():
+                current = self.health.probe_result(key)
+                if current is None or result.checked_at > current.checked_at:
+                    self.health.set_probe(key, result)
+            await self.clock.sleep(interval)
 
     async def handle(self, request: Request) -> Response:
         proxy = await self._start()
@@ -148,6 +201,11 @@ class Gateway:
                         "tpm": host.tpm,
                         "rpm": host.rpm,
                         "window_tokens": round(self._ledger.window_tokens(host.key)),
+                        "own_window_tokens": round(
+                            self._table_ledger.own_window_tokens(host.key)
+                            if self._table_ledger
+                            else self._ledger.window_tokens(host.key)
+                        ),
                         "free_tokens": round(free_tokens),
                         "free_requests": round(free_requests),
                         "served_tokens": usage.tokens if usage else 0,
@@ -156,7 +214,13 @@ class Gateway:
                         **self.health.describe(host.key),
                     }
                 )
-        return {"instance": self.settings.instance_id, "in_flight": self._proxy.in_flight, "deployments": deployments}
+        ledger = self._table_ledger.describe() if self._table_ledger else {"kind": "memory"}
+        return {
+            "instance": self.settings.instance_id,
+            "in_flight": self._proxy.in_flight,
+            "ledger": ledger,
+            "deployments": deployments,
+        }
 
     async def probe(self) -> None:
         """The timer trigger: probe every host, publish, and apply the results here at once."""
@@ -184,7 +248,10 @@ class Gateway:
                     result.reason,
                 )
             self.health.set_probe(host.key, result)
-        await self._health_store.publish(by_key)
+        try:
+            await self._health_store.publish(by_key)
+        except (TimeoutError, AzureError, OSError) as exc:
+            log.warning("could not publish probe results (%s); other instances keep the last ones", type(exc).__name__)
 
     async def _probe_headers(self, host_key: str) -> dict[str, str]:
         assert self._tokens is not None
@@ -197,6 +264,14 @@ class Gateway:
             return {}
 
     async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        if self._table_ledger is not None:
+            await self._table_ledger.close()
+        if isinstance(self._health_store, TableHealthStore):
+            await self._health_store.close()
+        if self._storage_credential is not None:
+            await self._storage_credential.close()
         if self._session is not None:
             await self._session.close()
         if self._tokens is not None:

@@ -7,8 +7,7 @@ also catches the most common misconfiguration: the gateway's identity lacks its 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from collections.abc import Callable
 
 import aiohttp
 
@@ -16,27 +15,6 @@ from shared.cluster import Host
 from shared.health import ProbeResult
 
 PROBE_API_VERSION = "2024-10-21"
-
-
-class HealthStore(Protocol):
-    """Where probe results go so that every instance reads the same health."""
-
-    async def publish(self, results: Mapping[str, ProbeResult]) -> None: ...
-    async def load(self) -> Mapping[str, ProbeResult]: ...
-
-
-class MemoryHealthStore:
-    def __init__(self) -> None:
-        self._results: dict[str, ProbeResult] = {}
-
-    async def publish(self, results: Mapping[str, ProbeResult]) -> None:
-        self._results.update(results)
-
-    async def load(self) -> Mapping[str, ProbeResult]:
-        return dict(self._results)
-
-
-HeadersFor = Callable[[Host], Awaitable[dict[str, str]]]
 
 
 async def probe_host(

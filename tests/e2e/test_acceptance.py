@@ -55,9 +55,7 @@ async def test_below_capacity_no_429s_and_shares_follow_quota_while_round_robin_
         load.Target(load.region_client(stack.region_urls[r.name], STATIC_TOKEN), r.physical, r.name)
         for r in stack.regions
     ]
-    plain = await load.run_load(
-        round_robin, rate=rate, duration=DURATION, time_scale=TIME_SCALE, max_tokens=MAX_TOKENS
-    )
+    plain = await load.run_load(round_robin, rate=rate, duration=DURATION, time_scale=TIME_SCALE, max_tokens=MAX_TOKENS)
 
     print(f"\ngateway: {dict(via_gateway.statuses)} upstream 429s {gateway_upstream_429s}")
     print(f"round-robin: {dict(plain.statuses)}")
