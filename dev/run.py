@@ -1,0 +1,76 @@
+"""Run the gateway locally over three simulated Azure OpenAI regions, until Ctrl-C.
+
+./dev/run.sh            (installs what it needs, then runs this)
+python -m dev.run [--port 7071] [--time-scale 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from types import FrameType
+
+from dev.stack import CHAT, DEFAULT_REGIONS, ROOT, Stack
+
+BANNER = """
+Gateway: {url}   (instance logs: {workdir})
+Regions (simulated, {scale}x time):
+{regions}
+Gateway key (api-key): {key}
+
+Try it with curl:
+  curl -s '{url}/openai/deployments/{chat}/chat/completions?api-version=2024-10-21' \\
+    -H 'api-key: {key}' -H 'content-type: application/json' \\
+    -d '{{"messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 20}}'
+
+Or with the official SDK, unchanged:
+  from openai import AzureOpenAI
+  client = AzureOpenAI(azure_endpoint="{url}", api_key="{key}", api_version="2024-10-21")
+  print(client.chat.completions.create(model="{chat}", max_tokens=20,
+        messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)
+
+Per-region load and health:  curl -s {url}/status -H 'api-key: {key}'
+Press Ctrl-C to stop.
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=7071)
+    parser.add_argument("--time-scale", type=float, default=1.0, help="run simulated time faster (e.g. 30)")
+    args = parser.parse_args()
+    workdir = ROOT / ".dev"
+    print("[1/2] starting three simulated regions...", flush=True)
+    stack = Stack(workdir, time_scale=args.time_scale, gateway_port=args.port)
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        stack.start()
+        print("[2/2] gateway started", flush=True)
+        regions = "\n".join(
+            f"  {r.name:<8} {stack.region_urls[r.name]}  deployment {r.physical:<16} {r.tpm:>7,} TPM"
+            for r in DEFAULT_REGIONS
+        )
+        print(
+            BANNER.format(
+                url=stack.url, workdir=workdir, scale=args.time_scale, regions=regions, key=stack.client_key, chat=CHAT
+            ),
+            flush=True,
+        )
+        while not stopping:
+            time.sleep(0.2)
+    finally:
+        print("stopping...", file=sys.stderr, flush=True)
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()
