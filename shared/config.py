@@ -133,14 +133,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     raw = _read_config(env.get("GATEWAY_CONFIG", "").strip())
     doc = _object(raw, "config")
     cluster = _cluster(doc.get("deployments"))
+    clients = _clients(doc.get("clients", []), env)
+    entra = _entra(env)
+    if not clients and not entra.enabled:
+        raise ConfigError(
+            "clients: no gateway keys and no Entra ID callers (GATEWAY_ENTRA_TENANT_ID, GATEWAY_ENTRA_AUDIENCE) "
+            "are configured, so nobody could call the gateway"
+        )
     return Settings(
         cluster=cluster,
-        clients=_clients(doc.get("clients", []), env),
+        clients=clients,
         host_keys=_host_keys(cluster, env),
         routing=_routing(doc.get("routing", {})),
         credential=_credential(env),
         table=_table(env),
-        entra=_entra(env),
+        entra=entra,
         instance_id=env.get("WEBSITE_INSTANCE_ID") or env.get("GATEWAY_INSTANCE_ID") or "local",
         time_scale=_positive_float(env.get("GATEWAY_TIME_SCALE", "1"), "GATEWAY_TIME_SCALE"),
     )
@@ -220,7 +227,7 @@ def _host_keys(cluster: Cluster, env: Mapping[str, str]) -> dict[str, Secret]:
     keys: dict[str, Secret] = {}
     for host in cluster.all_hosts():
         if host.auth.type == "api-key" and host.auth.setting:
-            value = env.get(host.auth.setting, "")
+            value = _secret_setting(env, host.auth.setting)
             if not value:
                 raise ConfigError(f"{host.auth.setting}: app setting with the api key of host {host.key} is not set")
             keys[host.key] = Secret(value)
@@ -240,14 +247,36 @@ def _clients(raw: Any, env: Mapping[str, str]) -> tuple[Client, ...]:
             raise ConfigError(f"{where}.key_setting: name the app setting that holds this client's key")
         keys = []
         for setting in settings:
-            setting_name = _string(setting, f"{where}.key_setting")
-            value = env.get(setting_name, "")
+            value = _secret_setting(env, _string(setting, f"{where}.key_setting"))
             if value:  # during a rotation the second setting may be empty
                 keys.append(Secret(value))
         if not keys:
             raise ConfigError(f"{', '.join(settings)}: app setting with the key of client {name!r} is not set")
         clients.append(Client(name, tuple(keys)))
     return tuple(clients)
+
+
+def _secret_setting(env: Mapping[str, str], name: str) -> str:
+    """A secret app setting's value. An unresolved Key Vault reference (the platform leaves the literal
+    `@Microsoft.KeyVault(...)` when the secret is missing or unreadable) must never become a key."""
+    value = env.get(name, "").strip()
+    if value.startswith("@Microsoft.KeyVault("):
+        raise ConfigError(
+            f"{name}: is an unresolved Key Vault reference; does the secret exist, and does the Function's "
+            "identity have 'Key Vault Secrets User' on the vault?"
+        )
+    return value
+
+
+_POSITIVE_DURATIONS = frozenset(
+    {
+        "window_seconds",
+        "request_window_seconds",
+        "deadline_seconds",
+        "connect_timeout_seconds",
+        "stream_idle_timeout_seconds",
+    }
+)
 
 
 def _routing(raw: Any) -> Routing:
@@ -262,6 +291,8 @@ def _routing(raw: Any) -> Routing:
             values[key] = {k: _positive_int(v, f"routing.max_tokens_defaults.{k}") for k, v in table.items()}
         elif isinstance(getattr(Routing, key, None), int) and not isinstance(getattr(Routing, key), bool):
             values[key] = _positive_int(value, f"routing.{key}")
+        elif key in _POSITIVE_DURATIONS:
+            values[key] = _positive_float(value, f"routing.{key}")
         else:
             values[key] = _non_negative_float(value, f"routing.{key}")
     return Routing(**values)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from azure.core.credentials import AccessToken
@@ -93,8 +93,13 @@ class StaticCredential:
         return None
 
 
-async def build_token_provider(settings: CredentialSettings) -> TokenProvider:
-    """The composition root calls this once per process."""
+SecretReader = Callable[[AsyncTokenCredential, CredentialSettings], Awaitable[str]]
+
+
+async def build_token_provider(
+    settings: CredentialSettings, *, read_secret: SecretReader | None = None
+) -> TokenProvider:
+    """The composition root calls this once per process; `read_secret` is Key Vault unless a test swaps it."""
     from azure.identity.aio import ClientSecretCredential, DefaultAzureCredential, ManagedIdentityCredential
 
     if settings.mode == "static":
@@ -104,7 +109,7 @@ async def build_token_provider(settings: CredentialSettings) -> TokenProvider:
         return BearerTokenProvider(ManagedIdentityCredential(client_id=settings.managed_identity_client_id))
     if settings.mode == "spn":
         vault_identity = ManagedIdentityCredential(client_id=settings.managed_identity_client_id)
-        secret = await read_key_vault_secret(vault_identity, settings)
+        secret = await (read_secret or read_key_vault_secret)(vault_identity, settings)
         assert settings.spn_tenant_id and settings.spn_client_id
         spn = ClientSecretCredential(settings.spn_tenant_id, settings.spn_client_id, secret)
         return BearerTokenProvider(spn, closers=(vault_identity,))

@@ -18,10 +18,11 @@ from azure.core.exceptions import AzureError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from shared.auth import Authenticator
+from shared.auth import Authenticator, EntraBearer
 from shared.clock import Clock, ScaledClock
 from shared.config import Settings, load_settings
 from shared.credentials import TokenProvider, build_token_provider
+from shared.entra import EntraValidator, JwksCache, aiohttp_jwks_fetcher
 from shared.errors import GatewayError
 from shared.health import HealthBoard, OutlierPolicy
 from shared.health_store import HealthStore, MemoryHealthStore, TableHealthStore
@@ -85,6 +86,16 @@ class Gateway:
                 )
                 if self._tokens is None:
                     self._tokens = await build_token_provider(self.settings.credential)
+                entra = self.settings.entra
+                if entra.enabled:
+                    validator = EntraValidator(
+                        tenants=entra.tenants,
+                        audiences=entra.audiences,
+                        required_role=entra.required_role,
+                        jwks=JwksCache(aiohttp_jwks_fetcher(self._session), self.clock),
+                        authority=entra.authority,
+                    )
+                    self.authenticator = Authenticator(self.settings.clients, EntraBearer(validator))
                 self._ledger = self._build_ledger()
                 self._proxy = Proxy(
                     cluster=self.settings.cluster,
