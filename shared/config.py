@@ -125,6 +125,7 @@ class Settings:
     entra: EntraSettings = field(default_factory=EntraSettings)
     instance_id: str = "local"
     time_scale: float = 1.0
+    warnings: tuple[str, ...] = ()  # problems that do not stop the gateway; logged once at start
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -133,7 +134,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     raw = _read_config(env.get("GATEWAY_CONFIG", "").strip())
     doc = _object(raw, "config")
     cluster = _cluster(doc.get("deployments"))
-    clients = _clients(doc.get("clients", []), env)
+    warnings: list[str] = []
+    clients = _clients(doc.get("clients", []), env, warnings)
     entra = _entra(env)
     if not clients and not entra.enabled:
         raise ConfigError(
@@ -150,6 +152,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         entra=entra,
         instance_id=env.get("WEBSITE_INSTANCE_ID") or env.get("GATEWAY_INSTANCE_ID") or "local",
         time_scale=_positive_float(env.get("GATEWAY_TIME_SCALE", "1"), "GATEWAY_TIME_SCALE"),
+        warnings=tuple(warnings),
     )
 
 
@@ -227,14 +230,16 @@ def _host_keys(cluster: Cluster, env: Mapping[str, str]) -> dict[str, Secret]:
     keys: dict[str, Secret] = {}
     for host in cluster.all_hosts():
         if host.auth.type == "api-key" and host.auth.setting:
-            value = _secret_setting(env, host.auth.setting)
+            value = env.get(host.auth.setting, "").strip()
+            if _unresolved(value):
+                raise ConfigError(f"{host.auth.setting}: {_UNRESOLVED}")
             if not value:
                 raise ConfigError(f"{host.auth.setting}: app setting with the api key of host {host.key} is not set")
             keys[host.key] = Secret(value)
     return keys
 
 
-def _clients(raw: Any, env: Mapping[str, str]) -> tuple[Client, ...]:
+def _clients(raw: Any, env: Mapping[str, str], warnings: list[str]) -> tuple[Client, ...]:
     if not isinstance(raw, list):
         raise ConfigError("clients: must be a list")
     clients = []
@@ -247,25 +252,29 @@ def _clients(raw: Any, env: Mapping[str, str]) -> tuple[Client, ...]:
             raise ConfigError(f"{where}.key_setting: name the app setting that holds this client's key")
         keys = []
         for setting in settings:
-            value = _secret_setting(env, _string(setting, f"{where}.key_setting"))
-            if value:  # during a rotation the second setting may be empty
+            setting_name = _string(setting, f"{where}.key_setting")
+            value = env.get(setting_name, "").strip()
+            if _unresolved(value):
+                # Its secret does not exist yet (or is unreadable): this client cannot call, the rest can.
+                warnings.append(f"{setting_name}: {_UNRESOLVED}; client {name!r} cannot use that key")
+            elif value:  # during a rotation the second setting may be empty
                 keys.append(Secret(value))
-        if not keys:
+        if keys:
+            clients.append(Client(name, tuple(keys)))
+        elif not any(_unresolved(env.get(str(x), "").strip()) for x in settings):
             raise ConfigError(f"{', '.join(settings)}: app setting with the key of client {name!r} is not set")
-        clients.append(Client(name, tuple(keys)))
     return tuple(clients)
 
 
-def _secret_setting(env: Mapping[str, str], name: str) -> str:
-    """A secret app setting's value. An unresolved Key Vault reference (the platform leaves the literal
-    `@Microsoft.KeyVault(...)` when the secret is missing or unreadable) must never become a key."""
-    value = env.get(name, "").strip()
-    if value.startswith("@Microsoft.KeyVault("):
-        raise ConfigError(
-            f"{name}: is an unresolved Key Vault reference; does the secret exist, and does the Function's "
-            "identity have 'Key Vault Secrets User' on the vault?"
-        )
-    return value
+_UNRESOLVED = (
+    "is an unresolved Key Vault reference; does the secret exist, and does the Function's identity have "
+    "'Key Vault Secrets User' on the vault?"
+)
+
+
+def _unresolved(value: str) -> bool:
+    """The platform leaves the literal reference when a secret is missing or unreadable: never a key."""
+    return value.startswith("@Microsoft.KeyVault(")
 
 
 _POSITIVE_DURATIONS = frozenset(

@@ -79,6 +79,8 @@ class Gateway:
         async with self._starting:
             if self._proxy is None:
                 routing = self.settings.routing
+                for warning in self.settings.warnings:
+                    log.warning("configuration: %s", warning)
                 # One pooled session per process: connections to every region stay warm.
                 self._session = aiohttp.ClientSession(
                     connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True),

@@ -236,3 +236,27 @@ def test_secrets_never_show_in_a_repr() -> None:
         assert value not in text
     assert settings.credential.static_token is not None
     assert settings.credential.static_token.reveal() == "token-hunter2"
+
+
+UNRESOLVED = "@Microsoft.KeyVault(VaultName=kv;SecretName=gateway-key-app-b)"
+
+
+def test_an_unresolved_key_vault_reference_is_never_a_key() -> None:
+    doc = {**BASE, "clients": [*BASE["clients"], {"name": "app-b", "key_setting": "KEY_B"}]}
+    settings = load(doc, KEY_B=UNRESOLVED, KEY_A_NEXT=UNRESOLVED)
+    # app-b has no usable key and is left out; app-a keeps its resolved key only.
+    assert [c.name for c in settings.clients] == ["app-a"]
+    assert [k.reveal() for k in settings.clients[0].keys] == ["client-key-a"]
+    assert any("KEY_B" in w and "Key Vault" in w for w in settings.warnings)
+    assert all(UNRESOLVED not in w for w in settings.warnings)
+
+
+def test_an_unresolved_reference_for_an_upstream_key_stops_start_up() -> None:
+    message = error(with_host(auth={"type": "api-key", "setting": "HOST_KEY"}), HOST_KEY=UNRESOLVED)
+    assert message.startswith("HOST_KEY:") and "Key Vault" in message
+
+
+def test_somebody_must_be_able_to_call() -> None:
+    assert error({**BASE, "clients": []}).startswith("clients:")
+    entra = {"GATEWAY_ENTRA_TENANT_ID": "t", "GATEWAY_ENTRA_AUDIENCE": "api://gw"}
+    assert load({**BASE, "clients": []}, **entra).entra.enabled
