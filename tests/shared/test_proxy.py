@@ -1,0 +1,620 @@
+"""Proxy.handle driven directly: a fake aiohttp-like session, the real ledger, health board and authenticator.
+
+What must hold whatever a client sends: the upstream URL is a configured endpoint plus a whitelisted
+operation path, the client's credentials and hop-by-hop headers never go upstream, and the gateway's
+own credential always does. Then the retry rules: 429 -> another host and a cooldown, 401/403 -> ejection
+naming the missing role, connection errors -> another host with the reservation released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import aiohttp
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
+from starlette.datastructures import Headers
+
+from shared.auth import Authenticator
+from shared.clock import ManualClock
+from shared.cluster import Cluster, Host, HostAuth
+from shared.config import Client, Routing, Secret
+from shared.health import HealthBoard
+from shared.ledger import LocalLedger
+from shared.proxy import BACKEND_HEADER, Outgoing, Proxy
+from shared.routes import DEPLOYMENT_OPERATIONS, OPERATIONS
+
+CLIENT_KEY = "gw-client-key-0123456789"
+UPSTREAM_TOKEN = "upstream-entra-token-abc"
+HOST_API_KEY = "uksouth-host-api-key-xyz"
+CHAT = "gpt-4o"
+API_VERSION = "2024-10-21"
+
+EAST = Host("eastus", "https://east.example.openai.azure.com", "gpt-4o-east", tpm=100_000, rpm=600, priority=1)
+WEST = Host("westus", "https://west.example.openai.azure.com", "gpt-4o-west", tpm=100_000, rpm=600, priority=2)
+UK = Host(
+    "uksouth",
+    "https://uk.example.openai.azure.com",
+    "gpt-4o-uk",
+    tpm=100_000,
+    rpm=600,
+    priority=3,
+    auth=HostAuth("api-key", "GATEWAY_UK_KEY"),
+)
+HOSTS = (EAST, WEST, UK)
+BY_ENDPOINT = {h.endpoint: h for h in HOSTS}
+COMPLETION = json.dumps(
+    {"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 5, "completion_tokens": 3}}
+).encode()
+
+# Never upstream, whatever their case: the caller's credentials, cookies, hop-by-hop and forwarding headers.
+FORBIDDEN = (
+    "api-key",
+    "authorization",
+    "cookie",
+    "host",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "proxy-authorization",
+    "content-length",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-original-url",
+    "x-secret",
+)
+
+
+# --- fakes -------------------------------------------------------------------------------------------------------
+
+
+class FakeResponse:
+    def __init__(
+        self,
+        status: int,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        content_type: str = "application/json",
+        chunks: list[bytes] | None = None,
+    ) -> None:
+        self.status = status
+        self.headers = CIMultiDictProxy(CIMultiDict(headers or {}))
+        self.content_type = content_type
+        self._body = body
+        self._chunks = chunks or []
+        self.released = False
+        self.content = SimpleNamespace(iter_any=self._iter_any)
+
+    async def read(self) -> bytes:
+        return self._body
+
+    async def _iter_any(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk
+
+    def release(self) -> None:
+        self.released = True
+
+
+@dataclass
+class Sent:
+    url: str
+    headers: dict[str, str]
+    data: bytes
+    at: float  # clock time of the call
+
+    @property
+    def host(self) -> Host:
+        parts = urlsplit(self.url)
+        return BY_ENDPOINT[f"{parts.scheme}://{parts.netloc}"]
+
+
+Answer = FakeResponse | BaseException
+Responder = Callable[[Sent], Answer]
+
+
+class FakeSession:
+    """`post` is awaitable like aiohttp's; each call is recorded, then answered by `responder`."""
+
+    def __init__(self, clock: ManualClock, responder: Responder) -> None:
+        self.clock = clock
+        self.responder = responder
+        self.sent: list[Sent] = []
+        self.responses: list[FakeResponse] = []
+
+    async def post(
+        self,
+        url: str,
+        *,
+        data: bytes,
+        headers: Mapping[str, str],
+        timeout: Any,  # noqa: ASYNC109 - aiohttp's signature
+    ) -> FakeResponse:
+        assert isinstance(timeout, aiohttp.ClientTimeout)
+        sent = Sent(url, dict(headers), bytes(data), self.clock.now())
+        self.sent.append(sent)
+        answer = self.responder(sent)
+        if isinstance(answer, BaseException):
+            raise answer
+        self.responses.append(answer)
+        return answer
+
+
+class FakeTokens:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def token(self) -> str:
+        self.calls += 1
+        return UPSTREAM_TOKEN
+
+    async def close(self) -> None:
+        return None
+
+
+def ok(sent: Sent) -> FakeResponse:
+    return FakeResponse(200, {"x-ratelimit-remaining-tokens": "90000", "x-ms-region": sent.host.name}, COMPLETION)
+
+
+def by_host(answers: Mapping[str, Answer | Callable[[Sent], Answer]]) -> Responder:
+    """Answer per host name; a host not listed answers 200."""
+
+    def respond(sent: Sent) -> Answer:
+        answer = answers.get(sent.host.name, ok)
+        return answer(sent) if callable(answer) and not isinstance(answer, BaseException) else answer
+
+    return respond
+
+
+@dataclass
+class Rig:
+    proxy: Proxy
+    session: FakeSession
+    clock: ManualClock
+    ledger: LocalLedger
+    health: HealthBoard
+    tokens: FakeTokens
+
+    def headroom(self, host: Host) -> tuple[float, float]:
+        return self.ledger.headroom(host.key, host.tpm, host.rpm)
+
+
+def make_rig(responder: Responder = ok, hosts: tuple[Host, ...] = HOSTS, seed: int = 7, **routing: Any) -> Rig:
+    clock = ManualClock(1000.0)
+    ledger = LocalLedger(clock)
+    health = HealthBoard(clock)
+    session = FakeSession(clock, responder)
+    tokens = FakeTokens()
+    proxy = Proxy(
+        cluster=Cluster({CHAT: hosts}),
+        routing=Routing(**routing),
+        ledger=ledger,
+        health=health,
+        authenticator=Authenticator([Client("app", (Secret(CLIENT_KEY),))]),
+        tokens=tokens,
+        host_keys={UK.key: Secret(HOST_API_KEY)},
+        session=session,  # type: ignore[arg-type]
+        clock=clock,
+        rng=random.Random(seed),
+    )
+    return Rig(proxy, session, clock, ledger, health, tokens)
+
+
+def wire_headers(pairs: list[tuple[str, str]]) -> Headers:
+    """Headers as the HTTP server hands them to the gateway (starlette: lower-cased names, latin-1 values)."""
+    return Headers(raw=[(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in pairs])
+
+
+def presents_the_client_key(headers: Headers) -> bool:
+    """The rule callers are told: a gateway key in api-key, else as a bearer token (what v1 SDK clients send)."""
+    key = headers.get("api-key")
+    if key:
+        return key == CLIENT_KEY
+    scheme, _, credential = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and credential.strip() == CLIENT_KEY
+
+
+def body(**extra: Any) -> bytes:
+    return json.dumps({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 10, **extra}).encode()
+
+
+async def call(
+    rig: Rig,
+    path: str = f"/openai/deployments/{CHAT}/chat/completions",
+    headers: list[tuple[str, str]] | None = None,
+    payload: bytes | None = None,
+    query: list[tuple[str, str]] | None = None,
+    method: str = "POST",
+) -> Outgoing:
+    raw = body() if payload is None else payload
+
+    async def read_body(limit: int) -> bytes:
+        return raw
+
+    pairs = headers if headers is not None else [("api-key", CLIENT_KEY), ("content-type", "application/json")]
+    return await rig.proxy.handle(
+        method, path, query if query is not None else [("api-version", API_VERSION)], wire_headers(pairs), read_body
+    )
+
+
+def error_of(outgoing: Outgoing) -> dict[str, Any]:
+    assert outgoing.headers["content-type"] == "application/json"
+    error: dict[str, Any] = json.loads(outgoing.body)["error"]
+    assert set(error) == {"code", "message", "type"}
+    return error
+
+
+# --- (a) whatever the client sends, the upstream request is ours -------------------------------------------------
+
+ALLOWED_UPSTREAM_PATHS = {
+    host.key: {f"/openai/deployments/{host.deployment}/{op}" for op in DEPLOYMENT_OPERATIONS}
+    | {f"/openai/v1/{op}" for op in OPERATIONS}
+    for host in HOSTS
+}
+TRICKS = [
+    "..",
+    "%2f",
+    "%2F",
+    "%2e%2e",
+    "//",
+    "@",
+    "\\",
+    "\r\n",
+    "\n",
+    "\t",
+    " ",
+    "?x=1",
+    "#frag",
+    "http://evil.example",
+    "https://evil.example/openai/",
+    "evil.example",
+    ":443",
+    "é",
+    "\u2215",
+    "\uff0f",
+    "\x00",
+]
+VALID_PATHS = [f"/openai/deployments/{CHAT}/{op}" for op in sorted(DEPLOYMENT_OPERATIONS)] + [
+    f"/openai/v1/{op}" for op in sorted(OPERATIONS)
+]
+
+
+@st.composite
+def paths(draw: st.DrawFn) -> str:
+    kind = draw(st.sampled_from(["valid", "valid", "valid", "spliced", "prefixed", "text", "absolute"]))
+    if kind == "valid":
+        return draw(st.sampled_from(VALID_PATHS))
+    if kind == "text":
+        return draw(st.text(max_size=60))
+    base = draw(st.sampled_from(VALID_PATHS))
+    trick = draw(st.sampled_from(TRICKS) | st.text(min_size=1, max_size=8))
+    if kind == "absolute":
+        return draw(st.sampled_from(["http://evil.example", "https://evil.example:8443", "//evil.example"])) + base
+    if kind == "prefixed":
+        return trick + base
+    at = draw(st.integers(0, len(base)))
+    return base[:at] + trick + base[at:]
+
+
+_TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!#$%&'*+^`|~"
+forbidden_names = st.sampled_from(FORBIDDEN).flatmap(lambda n: st.sampled_from([n, n.upper(), n.title()]))
+header_names = st.one_of(forbidden_names, forbidden_names, st.text(alphabet=_TOKEN_CHARS, min_size=1, max_size=20))
+# What an HTTP server can hand over: latin-1, no CR/LF/NUL.
+header_values = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=40
+)
+credentials = st.sampled_from(
+    [
+        [("api-key", CLIENT_KEY)],
+        [("authorization", f"Bearer {CLIENT_KEY}")],
+        [("Api-Key", CLIENT_KEY), ("authorization", "Bearer someone-elses-token")],
+        [("api-key", "wrong")],
+        [],
+    ]
+)
+queries = st.lists(st.tuples(st.text(max_size=10), st.text(max_size=20)), max_size=4).map(
+    lambda q: [("api-version", API_VERSION), *q]
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    path=paths(),
+    extra=st.lists(st.tuples(header_names, header_values), max_size=8),
+    creds=credentials,
+    query=queries,
+    v1_model=st.sampled_from([CHAT, "other", "../x"]),
+    order=st.permutations(HOSTS),
+)
+def test_upstream_url_and_headers_are_the_gateways_whatever_the_client_sends(
+    path: str,
+    extra: list[tuple[str, str]],
+    creds: list[tuple[str, str]],
+    query: list[tuple[str, str]],
+    v1_model: str,
+    order: list[Host],
+) -> None:
+    # Whichever host is preferred (so api-key and Entra hosts are both exercised as the first choice).
+    rig = make_rig(hosts=tuple(replace(host, priority=i + 1) for i, host in enumerate(order)))
+    headers = [*creds, ("content-type", "application/json"), *extra]
+    outgoing = asyncio.run(call(rig, path, headers, body(model=v1_model), query))
+
+    authenticated = presents_the_client_key(wire_headers(headers))
+    for sent in rig.session.sent:
+        host = sent.host  # KeyError if the URL names no configured endpoint
+        assert sent.url.startswith(host.endpoint + "/openai/")
+        parts = urlsplit(sent.url)
+        assert parts.path in ALLOWED_UPSTREAM_PATHS[host.key], sent.url
+        assert parts.fragment == "" and parts.username is None and parts.password is None
+        assert parse_qsl(parts.query, keep_blank_values=True) == query
+        names = set(sent.headers)
+        assert all(name == name.lower() for name in names)
+        allowed = {"content-type", "accept", "user-agent", "x-ms-client-request-id", "openai-beta", "accept-encoding"}
+        if host.auth.type == "api-key":
+            assert sent.headers["api-key"] == HOST_API_KEY
+            assert names - allowed == {"api-key"}
+        else:
+            assert sent.headers["authorization"] == f"Bearer {UPSTREAM_TOKEN}"
+            assert names - allowed == {"authorization"}
+        for name in FORBIDDEN:
+            if name not in ("api-key", "authorization"):
+                assert name not in names
+        assert all(CLIENT_KEY not in value for value in sent.headers.values())
+        assert CLIENT_KEY not in sent.url
+    if rig.session.sent:
+        assert authenticated, "an unauthenticated request went upstream"
+        assert outgoing.status == 200 and outgoing.headers[BACKEND_HEADER] == rig.session.sent[-1].host.name
+    elif authenticated and path in VALID_PATHS and (not path.startswith("/openai/v1/") or v1_model == CHAT):
+        pytest.fail(f"a valid authenticated request was not forwarded: {outgoing.status} {outgoing.body!r}")
+    else:
+        assert outgoing.status in (400, 401, 404), outgoing
+        error_of(outgoing)
+
+
+async def test_connection_nominated_and_credential_headers_stay_here() -> None:
+    rig = make_rig()
+    headers = [
+        ("api-key", CLIENT_KEY),
+        ("authorization", "Bearer caller-token"),
+        ("cookie", "session=abc"),
+        ("connection", "x-secret, keep-alive"),
+        ("x-secret", "1"),
+        ("keep-alive", "timeout=5"),
+        ("host", "evil.example"),
+        ("x-forwarded-for", "10.0.0.1"),
+        ("x-forwarded-host", "evil.example"),
+        ("content-type", "application/json"),
+        ("user-agent", "AzureOpenAI/Python 1.0"),
+        ("x-ms-client-request-id", "req-1"),
+        ("accept-encoding", "gzip"),
+    ]
+    outgoing = await call(rig, headers=headers)
+    assert outgoing.status == 200
+    [sent] = rig.session.sent
+    assert sent.headers == {
+        "content-type": "application/json",
+        "user-agent": "AzureOpenAI/Python 1.0",
+        "x-ms-client-request-id": "req-1",
+        "accept-encoding": "identity",
+        "authorization": f"Bearer {UPSTREAM_TOKEN}",
+    }
+    assert sent.host is EAST and rig.tokens.calls == 1
+
+
+async def test_api_key_host_gets_its_own_key_and_no_bearer() -> None:
+    rig = make_rig(hosts=(UK,))
+    outgoing = await call(
+        rig, headers=[("authorization", f"Bearer {CLIENT_KEY}"), ("content-type", "application/json")]
+    )
+    assert outgoing.status == 200
+    [sent] = rig.session.sent
+    assert sent.headers["api-key"] == HOST_API_KEY
+    assert "authorization" not in sent.headers
+    assert rig.tokens.calls == 0
+
+
+# --- (b) 429: another host, a cooldown, never the same host twice -------------------------------------------------
+
+
+def quota_429(retry_after_ms: int) -> Callable[[Sent], FakeResponse]:
+    def respond(sent: Sent) -> FakeResponse:
+        return FakeResponse(
+            429,
+            {"retry-after-ms": str(retry_after_ms), "retry-after": str(-(-retry_after_ms // 1000))},
+            b'{"error": {"code": "429", "message": "Requests to the ChatCompletions_Create Operation have exceeded '
+            b'token rate limit of your current tier. Please retry after 8 seconds."}}',
+        )
+
+    return respond
+
+
+async def test_429_goes_to_another_host_and_cools_the_first_down_for_what_it_asked() -> None:
+    rig = make_rig(by_host({"eastus": quota_429(7500)}))
+    before = rig.headroom(EAST)
+    outgoing = await call(rig)
+    assert outgoing.status == 200
+    assert [s.host.name for s in rig.session.sent] == ["eastus", "westus"]
+    assert outgoing.headers[BACKEND_HEADER] == "westus"
+    first = rig.session.sent[0]
+    assert rig.health.recovers_in(EAST.key) == pytest.approx(first.at + 7.5 - rig.clock.now())
+    assert rig.health.describe(EAST.key)["cooldown_reason"] == "429 (quota)"
+    assert rig.headroom(EAST) == before  # the 429 was not admitted: its reservation is gone
+    assert all(r.released for r in rig.session.responses)
+    assert rig.proxy.in_flight == 0
+
+
+async def test_all_hosts_429_gives_the_client_a_429_with_both_retry_headers() -> None:
+    rig = make_rig(by_host({"eastus": quota_429(9000), "westus": quota_429(3000), "uksouth": quota_429(5000)}))
+    outgoing = await call(rig)
+    names = [s.host.name for s in rig.session.sent]
+    assert sorted(names) == ["eastus", "uksouth", "westus"]  # each once
+    assert outgoing.status == 429
+    assert error_of(outgoing)["type"] == "rate_limit_error"
+    soonest = rig.session.sent[names.index("westus")].at + 3.0 - rig.clock.now()
+    assert 0 < soonest <= 3.0
+    assert int(outgoing.headers["retry-after-ms"]) == pytest.approx(soonest * 1000, abs=1)
+    assert outgoing.headers["retry-after"] == "3"
+
+
+@pytest.mark.parametrize("max_attempts", [1, 2, 3, 10])
+async def test_never_the_same_host_twice(max_attempts: int) -> None:
+    rig = make_rig(
+        lambda sent: FakeResponse(500, {}, b'{"error": {"code": "InternalServerError"}}'), max_attempts=max_attempts
+    )
+    outgoing = await call(rig)
+    names = [s.host.name for s in rig.session.sent]
+    assert len(names) == len(set(names)) == min(max_attempts, len(HOSTS))
+    assert outgoing.status == 502
+    assert error_of(outgoing)["code"] == "BadGateway"
+
+
+# --- (c) 401/403: the host is ejected with a reason that names the role ----------------------------------------------
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_upstream_refusing_our_credentials_ejects_the_host_and_goes_elsewhere(status: int) -> None:
+    refused = FakeResponse(status, {}, b'{"error": {"code": "PermissionDenied", "message": "no"}}')
+    rig = make_rig(by_host({"eastus": refused}))
+    outgoing = await call(rig)
+    assert outgoing.status == 200 and outgoing.headers[BACKEND_HEADER] == "westus"
+    assert [s.host.name for s in rig.session.sent] == ["eastus", "westus"]
+    described = rig.health.describe(EAST.key)
+    assert described["available"] is False
+    assert "Cognitive Services OpenAI User" in described["ejection_reason"]
+    assert f"upstream {status}" in described["ejection_reason"]
+    # The next request does not try the ejected host first.
+    await call(rig)
+    assert rig.session.sent[-1].host.name == "westus" and len(rig.session.sent) == 3
+
+
+# --- (d) connection errors: another host, reservation released -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        aiohttp.ClientConnectionError("refused"),
+        aiohttp.ServerDisconnectedError(),
+        ConnectionRefusedError(111, "refused"),
+        TimeoutError(),
+    ],
+    ids=["client-connection", "server-disconnected", "os-error", "timeout"],
+)
+async def test_connection_error_retries_elsewhere_and_releases_the_reservation(error: BaseException) -> None:
+    rig = make_rig(by_host({"eastus": error}))
+    before = rig.headroom(EAST)
+    outgoing = await call(rig)
+    assert outgoing.status == 200 and outgoing.headers[BACKEND_HEADER] == "westus"
+    assert [s.host.name for s in rig.session.sent] == ["eastus", "westus"]
+    assert rig.headroom(EAST) == before
+    assert rig.ledger.window_tokens(EAST.key) == 0
+    assert rig.ledger.window_tokens(WEST.key) > 0
+    assert rig.health.describe(EAST.key)["consecutive_failures"] == 1
+    assert rig.proxy.in_flight == 0
+
+
+async def test_every_host_unreachable_is_502_and_every_reservation_released() -> None:
+    rig = make_rig(lambda sent: aiohttp.ClientConnectionError("refused"))
+    outgoing = await call(rig)
+    assert outgoing.status == 502 and error_of(outgoing)["code"] == "BadGateway"
+    assert all(rig.ledger.window_tokens(h.key) == 0 for h in HOSTS)
+    assert rig.proxy.in_flight == 0
+
+
+# --- (e) a 400 from the model passes through as it is ----------------------------------------------------------
+
+
+async def test_upstream_400_passes_through_with_its_body_and_is_not_retried() -> None:
+    payload = (
+        b'{"error": {"code": "content_filter", "message": "The response was filtered", "param": "prompt", '
+        b'"status": 400}}'
+    )
+    rig = make_rig(by_host({"eastus": FakeResponse(400, {"x-ms-region": "eastus"}, payload)}))
+    before = rig.headroom(EAST)
+    outgoing = await call(rig)
+    assert outgoing.status == 400
+    assert outgoing.body == payload
+    assert outgoing.headers[BACKEND_HEADER] == "eastus"
+    assert len(rig.session.sent) == 1
+    assert rig.headroom(EAST) == before  # not run, not charged
+    assert rig.health.describe(EAST.key)["consecutive_failures"] == 0
+    assert rig.health.available(EAST.key)
+
+
+# --- (f) response headers ----------------------------------------------------------------------------------------
+
+
+async def test_response_headers_drop_hop_by_hop_and_cookies_and_name_the_backend() -> None:
+    upstream = FakeResponse(
+        200,
+        {
+            "Connection": "keep-alive",
+            "Keep-Alive": "timeout=5",
+            "Transfer-Encoding": "chunked",
+            "Content-Length": "999",
+            "Content-Encoding": "gzip",
+            "Set-Cookie": "ARRAffinity=abc; Path=/",
+            "Proxy-Authenticate": "Basic",
+            "Upgrade": "h2c",
+            "Trailer": "x-foo",
+            "TE": "trailers",
+            "X-Gateway-Backend": "spoofed",
+            "x-ratelimit-remaining-tokens": "12345",
+            "x-ratelimit-remaining-requests": "42",
+            "x-ms-region": "East US",
+            "apim-request-id": "abc-123",
+            "Content-Type": "application/json",
+        },
+        COMPLETION,
+    )
+    rig = make_rig(by_host({"eastus": upstream}))
+    outgoing = await call(rig)
+    assert outgoing.status == 200 and outgoing.body == COMPLETION
+    assert outgoing.headers == {
+        BACKEND_HEADER: "eastus",
+        "x-ratelimit-remaining-tokens": "12345",
+        "x-ratelimit-remaining-requests": "42",
+        "x-ms-region": "East US",
+        "apim-request-id": "abc-123",
+        "content-type": "application/json",
+    }
+
+
+async def test_response_headers_named_in_connection_are_dropped_too() -> None:
+    """RFC 9110 7.6.1: a proxy must remove every header its upstream nominated in Connection."""
+    upstream = FakeResponse(
+        200, {"Connection": "keep-alive, X-Internal-Route", "X-Internal-Route": "backend-7;secret"}, COMPLETION
+    )
+    rig = make_rig(by_host({"eastus": upstream}))
+    outgoing = await call(rig)
+    assert outgoing.status == 200
+    assert "x-internal-route" not in outgoing.headers
+
+
+async def test_streamed_response_headers_are_filtered_the_same_way() -> None:
+    events = [b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n', b"data: [DONE]\n\n"]
+    upstream = FakeResponse(
+        200,
+        {"Content-Type": "text/event-stream", "Set-Cookie": "a=b", "Transfer-Encoding": "chunked", "x-ms-region": "e"},
+        content_type="text/event-stream",
+        chunks=events,
+    )
+    rig = make_rig(by_host({"eastus": upstream}))
+    outgoing = await call(rig, payload=body(stream=True))
+    assert outgoing.stream is not None
+    assert outgoing.headers == {"content-type": "text/event-stream", "x-ms-region": "e", BACKEND_HEADER: "eastus"}
+    streamed = b"".join([chunk async for chunk in outgoing.stream])
+    assert streamed == b"".join(events)
+    assert rig.proxy.in_flight == 0 and upstream.released
