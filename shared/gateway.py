@@ -214,11 +214,7 @@ class Gateway:
                         "tpm": host.tpm,
                         "rpm": host.rpm,
                         "window_tokens": round(self._ledger.window_tokens(host.key)),
-                        "own_window_tokens": round(
-                            self._table_ledger.own_window_tokens(host.key)
-                            if self._table_ledger
-                            else self._ledger.window_tokens(host.key)
-                        ),
+                        "own_window_tokens": round(self._ledger.own_window_tokens(host.key)),
                         "free_tokens": round(free_tokens),
                         "free_requests": round(free_requests),
                         "served_tokens": usage.tokens if usage else 0,

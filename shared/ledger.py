@@ -51,6 +51,7 @@ class Ledger(Protocol):
     def headroom(self, host_key: str, tpm: int, rpm: int) -> tuple[float, float]: ...
     def seconds_until(self, host_key: str, tokens: int, tpm: int, rpm: int) -> float: ...
     def window_tokens(self, host_key: str) -> float: ...
+    def own_window_tokens(self, host_key: str) -> float: ...
     def usage(self) -> Mapping[str, Usage]: ...
 
 
@@ -195,6 +196,10 @@ class LocalLedger:
 
     def window_tokens(self, host_key: str) -> float:
         return self._book(host_key).tokens.total(self._clock.now())
+
+    def own_window_tokens(self, host_key: str) -> float:
+        """This instance's share of the window (all of it, for an instance that shares nothing)."""
+        return self.window_tokens(host_key)
 
     def usage(self) -> Mapping[str, Usage]:
         return {

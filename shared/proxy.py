@@ -329,6 +329,9 @@ class Proxy:
 
     def _failed(self, host: Host, attempts: _Attempts, reason: str) -> None:
         attempts.failure = f"{host.name} {reason}"
+        self._count_failure(host, reason)
+
+    def _count_failure(self, host: Host, reason: str) -> None:
         if self._health.record_failure(host.key, reason):
             log.warning("host %s ejected: %s", host.key, reason)
 
@@ -347,7 +350,7 @@ class Proxy:
             if not scanner.done:
                 raise aiohttp.ClientPayloadError("stream ended without [DONE]")
         except (TimeoutError, aiohttp.ClientError, OSError):
-            self._failed(host, _Attempts(), "dropped a stream")
+            self._count_failure(host, "dropped a stream")
             log.warning("host %s: stream interrupted after it had started", host.key)
             yield sse_error_event(
                 "upstream_interrupted", "The upstream stream was interrupted; the answer is incomplete."
