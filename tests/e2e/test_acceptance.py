@@ -6,6 +6,7 @@ max_retries=0, so every 429 the gateway lets through is counted.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,23 @@ def test_a_stream_cut_mid_way_ends_in_an_error_and_is_not_retried(tmp_path: Path
             d["admitted_requests"] for r in stack.regions for d in stack.region_stats(r.name)["deployments"].values()
         )
         assert admitted == 1  # bytes had reached the client: no second host was asked
+
+
+def test_streams_are_relayed_as_they_are_generated_not_buffered(tmp_path: Path) -> None:
+    """The region takes 0.3 clock s (10 ms) per token: a buffering relay would deliver everything at the end."""
+    with fresh_stack(tmp_path, simulator_args=("--ttft", "0", "--per-token", "0.3")) as stack:
+        client = openai.AzureOpenAI(
+            azure_endpoint=stack.url, api_key=stack.client_key, api_version=load.API_VERSION, max_retries=0
+        )
+        started = time.perf_counter()
+        arrivals = [
+            time.perf_counter() - started
+            for chunk in client.chat.completions.create(
+                model=CHAT, messages=[{"role": "user", "content": "hi"}], max_tokens=40, stream=True
+            )
+            if chunk.choices and chunk.choices[0].delta.content
+        ]
+        assert len(arrivals) == 40
+        # Tokens arrive spread over the generation (~0.4 s), not in one burst at its end.
+        assert arrivals[0] < arrivals[-1] / 3
+        assert arrivals[20] < arrivals[-1] * 0.75
