@@ -40,7 +40,12 @@ CAPACITY_RETRY_AFTER = 10  # clock seconds a "high demand" 429 asks for
 DROP_AFTER_CHUNKS = 3
 STREAM_OPTIONS_SINCE = "2024-09-01"  # older api-versions reject stream_options
 SHUTDOWN_TIMEOUT = 1.0  # real seconds stop() waits for in-flight responses
-OPERATIONS = {"chat": "ChatCompletions_Create", "completions": "Completions_Create", "embeddings": "Embeddings_Create"}
+OPERATIONS = {
+    "chat": "ChatCompletions_Create",
+    "completions": "Completions_Create",
+    "embeddings": "Embeddings_Create",
+    "responses": "Responses_Create",
+}
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
 DONE = b"data: [DONE]\n\n"
 
@@ -166,7 +171,7 @@ class Limiter:
 class Call:
     """A parsed data-plane request: what it costs and what to generate."""
 
-    op: str  # "chat" | "completions" | "embeddings"
+    op: str  # "chat" | "completions" | "embeddings" | "responses"
     deployment: str
     api_version: str  # "v1" on the v1 surface, for messages only
     body: Json
@@ -203,6 +208,8 @@ class SimRegion:
         self.faults = Faults()
         self._limiters = {d.name: Limiter(d) for d in deployments}
         self._stats = {d.name: DeploymentStats() for d in deployments}
+        # Stateful objects live in the region that created them, as in Azure: another region answers 404.
+        self._responses: dict[str, Json] = {}
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._host = "127.0.0.1"
@@ -283,6 +290,9 @@ class SimRegion:
             app.router.add_post(f"{prefix}/chat/completions", self._route("chat"))
             app.router.add_post(f"{prefix}/embeddings", self._route("embeddings"))
         app.router.add_post("/openai/deployments/{deployment}/completions", self._route("completions"))
+        app.router.add_post("/openai/v1/responses", self._route("responses"))
+        app.router.add_get("/openai/v1/responses/{response_id}", self._get_response)
+        app.router.add_delete("/openai/v1/responses/{response_id}", self._delete_response)
         app.router.add_get("/openai/models", self._models)
         app.router.add_get("/openai/v1/models", self._models)
         app.router.add_get("/_sim/stats", self._get_stats)
@@ -304,8 +314,14 @@ class SimRegion:
                 await self.clock.sleep(self.faults.slow)
                 return error.response()
             await self.clock.sleep(self.faults.slow + self.ttft)
+            if call.op == "responses":
+                response = self._store_response(call)
+                if call.stream:
+                    return await self._stream(request, headers, self._response_events(response, call))
+                await self.clock.sleep(self.per_token * call.completion_tokens)
+                return web.json_response(response, headers=headers)
             if call.stream:
-                return await self._stream(request, call, headers)
+                return await self._stream(request, headers, self._events(call))
             await self.clock.sleep(self.per_token * call.completion_tokens)
             return web.json_response(_completion(call), headers=headers)
 
@@ -330,6 +346,11 @@ class SimRegion:
                 "If you created the deployment within the last 5 minutes, please wait a moment and try again.",
             )
         call = _parse_call(op, name, api_version, body)
+        previous = body.get("previous_response_id")
+        if op == "responses" and previous is not None and previous not in self._responses:
+            raise AzureError(
+                404, "previous_response_not_found", f"Previous response with id {str(previous)!r} not found."
+            )
         stats = self._stats[name]
         if self.faults.error_500:
             stats.errors_500 += 1
@@ -364,7 +385,9 @@ class SimRegion:
                 "regional API endpoint for your resource.",
             )
 
-    async def _stream(self, request: web.Request, call: Call, headers: dict[str, str]) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, headers: dict[str, str], events: AsyncIterator[bytes]
+    ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -372,7 +395,7 @@ class SimRegion:
         await response.prepare(request)
         index = 0
         try:
-            async for event in self._events(call):
+            async for event in events:
                 if self.faults.drop_mid_stream and (index > DROP_AFTER_CHUNKS or event == DONE):
                     _abort(request)
                     return response
@@ -397,6 +420,46 @@ class SimRegion:
         if call.include_usage:
             yield _sse(chunks.usage())
         yield DONE
+
+    async def _response_events(self, response: Json, call: Call) -> AsyncIterator[bytes]:
+        """A Responses stream: created, one delta per token, completed (no [DONE], unlike chat)."""
+        text = response["output"][0]["content"][0]["text"]
+        created = {**response, "status": "in_progress", "output": [], "usage": None}
+        yield _typed_sse("response.created", {"response": created})
+        for position, word in enumerate(text.split(" ")):
+            if position:
+                await self.clock.sleep(self.per_token)
+            delta = word if position == 0 else f" {word}"
+            yield _typed_sse("response.output_text.delta", {"output_index": 0, "content_index": 0, "delta": delta})
+        yield _typed_sse("response.completed", {"response": response})
+
+    def _store_response(self, call: Call) -> Json:
+        response = _response(call)
+        self._responses[response["id"]] = response
+        return response
+
+    async def _get_response(self, request: web.Request) -> web.Response:
+        try:
+            self._authorize(request)
+            return web.json_response(self._stored_response(request))
+        except AzureError as error:
+            return error.response()
+
+    async def _delete_response(self, request: web.Request) -> web.Response:
+        try:
+            self._authorize(request)
+            response_id = self._stored_response(request)["id"]
+        except AzureError as error:
+            return error.response()
+        del self._responses[response_id]
+        return web.json_response({"id": response_id, "object": "response", "deleted": True})
+
+    def _stored_response(self, request: web.Request) -> Json:
+        response_id = request.match_info["response_id"]
+        response = self._responses.get(response_id)
+        if response is None:
+            raise AzureError(404, "not_found", f"No response found with id {response_id!r}.")
+        return response
 
     async def _models(self, request: web.Request) -> web.Response:
         """The health probe's target: authenticated, free, never rate limited."""
@@ -494,8 +557,13 @@ def _parse_call(op: str, deployment: str, api_version: str, body: Json) -> Call:
             stream=False,
             include_usage=False,
         )
-    prompt = _chat_tokens(body.get("messages")) if op == "chat" else _text_tokens(body.get("prompt"), "prompt")
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    if op == "chat":
+        prompt = _chat_tokens(body.get("messages"))
+    elif op == "responses":
+        prompt = _response_input_tokens(body.get("input"))
+    else:
+        prompt = _text_tokens(body.get("prompt"), "prompt")
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", body.get("max_output_tokens")))
     stream = body.get("stream") is True
     return Call(
         op,
@@ -535,6 +603,11 @@ def _chat_tokens(messages: object) -> int:
         raise bad_request("'messages' must be a non-empty array of message objects.")
     chars = sum(_content_chars(m.get("content")) for m in messages)
     return math.ceil(chars / 4) + 4 * len(messages)
+
+
+def _response_input_tokens(value: object) -> int:
+    """Responses `input`: a string, or a list of message items counted like chat messages."""
+    return _text_tokens(value, "input") if isinstance(value, str) else _chat_tokens(value)
 
 
 def _content_chars(content: object) -> int:
@@ -661,6 +734,30 @@ def _completion(call: Call) -> Json:
     }
 
 
+def _response(call: Call) -> Json:
+    output = {
+        "type": "message",
+        "id": f"msg_{uuid.uuid4().hex}",
+        "status": "completed",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": _text(call.completion_tokens), "annotations": []}],
+    }
+    return {
+        "id": f"resp_{uuid.uuid4().hex}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "model": call.deployment,
+        "previous_response_id": call.body.get("previous_response_id"),
+        "output": [output],
+        "usage": {
+            "input_tokens": call.prompt_tokens,
+            "output_tokens": call.completion_tokens,
+            "total_tokens": call.prompt_tokens + call.completion_tokens,
+        },
+    }
+
+
 def _embeddings(call: Call) -> Json:
     as_base64 = call.body.get("encoding_format") == "base64"
     data = []
@@ -726,6 +823,12 @@ class _Chunks:
 
 def _sse(chunk: Json) -> bytes:
     return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _typed_sse(kind: str, data: Json) -> bytes:
+    """A Responses event: named in both the `event:` line and the payload's `type`, as OpenAI sends it."""
+    payload = json.dumps({"type": kind, **data}, separators=(",", ":")).encode()
+    return b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n"
 
 
 # --- running several regions ----------------------------------------------------------------------------------

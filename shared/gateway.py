@@ -18,6 +18,7 @@ from azure.core.exceptions import AzureError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from shared.affinity import AffinityStore, MemoryAffinityStore, TableAffinityStore
 from shared.auth import Authenticator, EntraBearer
 from shared.clock import Clock, ScaledClock
 from shared.config import Settings, load_settings
@@ -29,7 +30,7 @@ from shared.health_store import HealthStore, MemoryHealthStore, TableHealthStore
 from shared.ledger import Ledger, LocalLedger
 from shared.probe import probe_host
 from shared.proxy import Outgoing, Proxy
-from shared.storage import HEALTH_TABLE, USAGE_TABLE, table_client
+from shared.storage import AFFINITY_TABLE, HEALTH_TABLE, USAGE_TABLE, table_client
 from shared.table_ledger import TableLedger
 
 log = logging.getLogger("gateway")
@@ -65,6 +66,7 @@ class Gateway:
         self._ledger: Ledger | None = None
         self._table_ledger: TableLedger | None = None
         self._health_store: HealthStore = MemoryHealthStore()
+        self._affinity: AffinityStore = MemoryAffinityStore(self.clock)
         self._storage_credential: AsyncTokenCredential | None = None
         self._background: list[asyncio.Task[None]] = []
         self._starting = asyncio.Lock()
@@ -103,6 +105,7 @@ class Gateway:
                     cluster=self.settings.cluster,
                     routing=routing,
                     ledger=self._ledger,
+                    affinity=self._affinity,
                     health=self.health,
                     authenticator=self.authenticator,
                     tokens=self._tokens,
@@ -141,6 +144,7 @@ class Gateway:
         )
         self._table_ledger = ledger
         self._health_store = TableHealthStore(table_client(table, HEALTH_TABLE, self._storage_credential))
+        self._affinity = TableAffinityStore(table_client(table, AFFINITY_TABLE, self._storage_credential), self.clock)
         self._background.append(asyncio.create_task(ledger.run()))
         self._background.append(asyncio.create_task(self._follow_health(table.health_cache_seconds)))
         return ledger
@@ -279,6 +283,7 @@ class Gateway:
             await self._table_ledger.close()
         if isinstance(self._health_store, TableHealthStore):
             await self._health_store.close()
+        await self._affinity.close()
         if self._storage_credential is not None:
             await self._storage_credential.close()
         if self._session is not None:

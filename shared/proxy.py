@@ -17,7 +17,8 @@ from typing import Any
 
 import aiohttp
 
-from shared import balancer, routes, usage
+from shared import affinity, balancer, routes, usage
+from shared.affinity import AffinityStore, AffinityUnavailable
 from shared.auth import Authenticator, Caller
 from shared.balancer import Candidate
 from shared.clock import Clock
@@ -62,6 +63,17 @@ class Outgoing:
     stream: AsyncIterator[bytes] | None = None
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Which hosts may serve a request, and which one it should go to while it can."""
+
+    hosts: tuple[Host, ...]
+    home: str | None = None  # "response 'resp_1' lives in region eastus": it may go nowhere else
+    session: str | None = None  # the affinity key of an opted-in session
+    session_owner: str | None = None  # the host key the session was on
+    preferred: Host | None = None  # the session's host, if it serves this deployment
+
+
 @dataclass
 class _Attempts:
     tried: set[str] = field(default_factory=set)
@@ -76,6 +88,7 @@ class Proxy:
         cluster: Cluster,
         routing: Routing,
         ledger: Ledger,
+        affinity: AffinityStore,
         health: HealthBoard,
         authenticator: Authenticator,
         tokens: TokenProvider,
@@ -87,6 +100,8 @@ class Proxy:
         self._cluster = cluster
         self._routing = routing
         self._ledger = ledger
+        self._affinity = affinity
+        self._hosts = {host.key: host for host in cluster.all_hosts()}
         self._health = health
         self._auth = authenticator
         self._tokens = tokens
@@ -125,13 +140,9 @@ class Proxy:
         raw: bytes,
         body: dict[str, Any] | None,
     ) -> Outgoing:
-        logical = route.deployment or _model(body)
-        hosts = self._cluster.hosts_for(logical)
-        if hosts is None:
-            raise GatewayError(
-                404, "DeploymentNotFound", f"The API deployment {logical!r} does not exist on this gateway."
-            )
-        cost = usage.estimate_cost(route.operation, body, self._routing.max_tokens_default(logical))
+        logical = None if route.object_id else route.deployment or _model(body)
+        plan = await self._plan(route, logical, headers, body)
+        cost = usage.estimate_cost(route.operation, body, self._routing.max_tokens_default(logical or ""))
         api_version = dict(query).get("api-version")
         inject = bool(
             body
@@ -143,32 +154,104 @@ class Proxy:
         start = self._clock.now()
         deadline = start + self._routing.deadline_seconds
         attempts = _Attempts()
-        for attempt in range(min(self._routing.max_attempts, len(hosts))):
+        for attempt in range(min(self._routing.max_attempts, len(plan.hosts))):
             if attempt:
                 await self._backoff(attempt, deadline)
-            host = await self._choose(hosts, cost, attempts, start, deadline)
+            host = await self._choose(plan, cost, attempts, start, deadline)
             payload = _upstream_body(route, body, raw, host, inject)
             result = await self._attempt(route, caller, host, cost, query, headers, payload, inject, deadline, attempts)
             if result is not None:
+                if plan.session is not None and result.status < 300 and host.key != plan.session_owner:
+                    await self._move_session(plan, host)
                 return result
-        raise self._exhausted(hosts, cost, attempts)
+        raise self._exhausted(plan, cost, attempts)
 
-    async def _choose(
-        self, hosts: tuple[Host, ...], cost: int, attempts: _Attempts, start: float, deadline: float
-    ) -> Host:
-        """Pick a host now, or wait (within the budget) for the soonest one to recover."""
+    async def _plan(
+        self, route: routes.Route, logical: str | None, headers: Mapping[str, str], body: dict[str, Any] | None
+    ) -> _Plan:
+        """A request naming a Response goes to the resource that holds it; a session prefers its host."""
+        response_id = route.object_id or (
+            affinity.previous_response_id(body) if route.operation == "responses" else None
+        )
+        hosts = () if logical is None else self._deployment_hosts(logical)
+        if response_id is not None:
+            return await self._home(response_id, logical, hosts)
+        session = affinity.session_key(headers)
+        if session is None:
+            return _Plan(hosts)
+        try:
+            owner = await self._affinity.get(session)
+        except AffinityUnavailable:
+            owner = None  # stickiness is a preference: balance as usual
+        preferred = next((h for h in hosts if h.key == owner), None)
+        return _Plan(hosts, session=session, session_owner=owner, preferred=preferred)
+
+    def _deployment_hosts(self, logical: str) -> tuple[Host, ...]:
+        hosts = self._cluster.hosts_for(logical)
+        if hosts is None:
+            raise GatewayError(
+                404, "DeploymentNotFound", f"The API deployment {logical!r} does not exist on this gateway."
+            )
+        return hosts
+
+    async def _home(self, response_id: str, logical: str | None, hosts: tuple[Host, ...]) -> _Plan:
+        try:
+            owner_key = await self._affinity.get(affinity.response_key(response_id))
+        except AffinityUnavailable:
+            raise GatewayError(
+                503,
+                "AffinityUnavailable",
+                "The gateway cannot look up which region holds this response right now.",
+                retry_after=self._routing.default_cooldown_seconds,
+            ) from None
+        owner = self._hosts.get(owner_key) if owner_key else None
+        if owner is None:
+            raise GatewayError(404, "not_found", f"No response found with id {response_id!r}.")
+        # The object lives in the resource (endpoint); any deployment there can continue it.
+        home = (owner,) if logical is None else tuple(h for h in hosts if h.endpoint == owner.endpoint)
+        if not home:
+            raise GatewayError(
+                400,
+                "invalid_request",
+                f"Response {response_id!r} lives in region {owner.name}, which does not serve {logical!r}.",
+            )
+        return _Plan(home, home=f"response {response_id!r} lives in region {owner.name}")
+
+    async def _move_session(self, plan: _Plan, host: Host) -> None:
+        assert plan.session is not None
+        await self._affinity.put(plan.session, host.key, affinity.SESSION_TTL)
+        if plan.session_owner is not None:
+            log.info("session %s moved from %s to %s", plan.session, plan.session_owner, host.key)
+
+    async def _record_response(self, payload: Any, host: Host) -> bool:
+        """Remember where a new Response lives; True once recorded."""
+        response_id = affinity.created_response_id(payload)
+        if response_id is None:
+            return False
+        await self._affinity.put(affinity.response_key(response_id), host.key, affinity.RESPONSE_TTL)
+        return True
+
+    async def _choose(self, plan: _Plan, cost: int, attempts: _Attempts, start: float, deadline: float) -> Host:
+        """The session's host while it is eligible; else pick, or wait (within the budget) for one to recover."""
+        preferred = plan.preferred
+        if (
+            preferred is not None
+            and preferred.key not in attempts.tried
+            and self._candidate(preferred, cost).eligible(cost)
+        ):
+            return preferred
         while True:
-            candidates = [self._candidate(h, cost) for h in hosts if h.key not in attempts.tried]
+            candidates = [self._candidate(h, cost) for h in plan.hosts if h.key not in attempts.tried]
             chosen = balancer.pick(candidates, cost, self._rng)
             if chosen is not None:
                 return chosen.host
             if not candidates:
-                raise self._exhausted(hosts, cost, attempts)
+                raise self._exhausted(plan, cost, attempts)
             wait = balancer.soonest(candidates)
             now = self._clock.now()
             budget_left = min(start + self._routing.wait_budget_seconds, deadline) - now
             if wait > budget_left:
-                raise self._exhausted(hosts, cost, attempts)
+                raise self._exhausted(plan, cost, attempts)
             await self._clock.sleep(wait)
 
     def _candidate(self, host: Host, cost: int) -> Candidate:
@@ -181,9 +264,19 @@ class Proxy:
             fits_in=self._ledger.seconds_until(host.key, cost, host.tpm, host.rpm),
         )
 
-    def _exhausted(self, hosts: tuple[Host, ...], cost: int, attempts: _Attempts) -> GatewayError:
+    def _exhausted(self, plan: _Plan, cost: int, attempts: _Attempts) -> GatewayError:
         """The error when no host served: saturated (429), failed (502) or none healthy (503)."""
-        recovery = balancer.soonest([self._candidate(h, cost) for h in hosts])
+        candidates = [self._candidate(h, cost) for h in plan.hosts]
+        recovery = balancer.soonest(candidates)
+        if plan.home is not None and (attempts.failure or all(c.ready_in > 0 for c in candidates)):
+            # Down or cooling down: another region would only answer 404, so say where it lives and when to retry.
+            return GatewayError(
+                503,
+                "RegionUnavailable",
+                f"The {plan.home}, which is unavailable now; it cannot be served from another region. "
+                "Retry after the time in Retry-After.",
+                retry_after=self._retry_hint(recovery),
+            )
         if recovery != float("inf") and (attempts.saw_429 or not attempts.failure):
             wait = min(max(recovery, 0.001), self._routing.max_retry_after_seconds)
             return GatewayError(
@@ -241,7 +334,9 @@ class Proxy:
         handed_off = False
         try:
             response = await asyncio.wait_for(
-                self._session.post(url, data=payload, headers=headers, timeout=self._timeout()),
+                self._session.request(
+                    route.method, url, data=payload or None, headers=headers, timeout=self._timeout()
+                ),
                 timeout=self._clock.to_real(remaining),
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -277,9 +372,10 @@ class Proxy:
     ) -> Outgoing | None:
         status = response.status
         headers = _client_headers(response.headers, host)
+        creates = route.operation == "responses" and route.method == "POST"
         if status < 300 and response.content_type == "text/event-stream":
             self._health.record_success(host.key)
-            return Outgoing(status, headers, stream=self._relay(host, response, reservation, inject))
+            return Outgoing(status, headers, stream=self._relay(host, response, reservation, inject, creates))
         try:
             content = await asyncio.wait_for(
                 response.read(), timeout=self._clock.to_real(max(0.0, deadline - self._clock.now()))
@@ -299,6 +395,8 @@ class Proxy:
         self._health.record_success(host.key)
         if status < 300:
             self._ledger.settle(reservation, usage.usage_from_json(content))
+            if creates:
+                await self._record_response(_json_or_none(content), host)
         else:
             self._ledger.release(reservation)  # a 4xx from the model (bad parameter, content filter): not run
         return Outgoing(status, headers, body=content)
@@ -336,13 +434,18 @@ class Proxy:
             log.warning("host %s ejected: %s", host.key, reason)
 
     async def _relay(
-        self, host: Host, response: aiohttp.ClientResponse, reservation: Reservation, inject: bool
+        self, host: Host, response: aiohttp.ClientResponse, reservation: Reservation, inject: bool, creates: bool
     ) -> AsyncIterator[bytes]:
-        """Event by event as they arrive; settle with the usage chunk; end with an error event if cut off."""
+        """Event by event as they arrive; settle with the usage chunk; end with an error event if cut off.
+
+        A new Response is recorded from its response.created event before that event reaches the client.
+        """
         scanner = usage.SseScanner(strip_usage=inject)
         try:
             async for chunk in response.content.iter_any():
                 for event in scanner.feed(chunk):
+                    if creates and b"response.created" in event:
+                        creates = not await self._record_response(usage.data_payload(event), host)
                     yield event
             rest = scanner.flush()
             if rest:
@@ -379,6 +482,8 @@ class Proxy:
 
 def _parse_body(raw: bytes, content_type: str) -> dict[str, Any] | None:
     """JSON bodies are parsed (for routing and cost); multipart and binary bodies pass as they are."""
+    if not raw:  # a GET or DELETE, which the SDK still labels as JSON
+        return None
     if "json" not in content_type and not (not content_type and raw[:1] == b"{"):
         return None
     try:
@@ -388,6 +493,13 @@ def _parse_body(raw: bytes, content_type: str) -> dict[str, Any] | None:
     if not isinstance(doc, dict):
         raise GatewayError(400, "invalid_body", "The request body must be a JSON object.")
     return doc
+
+
+def _json_or_none(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def _model(body: dict[str, Any] | None) -> str:

@@ -27,7 +27,11 @@ OPERATIONS = frozenset(
 )
 # Operations of the /openai/deployments/{name}/... surface (Responses only exists on v1).
 DEPLOYMENT_OPERATIONS = OPERATIONS - {"responses"}
+# v1 collections whose objects can be read or deleted by id: /openai/v1/{collection}/{id}.
+OBJECT_COLLECTIONS = frozenset({"responses"})
+OBJECT_METHODS = ("GET", "DELETE")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_OBJECT_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _DEPLOYMENTS = "/openai/deployments/"
 _V1 = "/openai/v1/"
 
@@ -37,8 +41,12 @@ class Route:
     operation: str  # e.g. "chat/completions"
     deployment: str | None  # logical deployment from the path; None on v1, where the body's model names it
     v1: bool
+    object_id: str | None = None  # /openai/v1/responses/{id}: the object the request reads or deletes
+    method: str = "POST"
 
     def upstream_path(self, physical: str) -> str:
+        if self.object_id is not None:
+            return f"{_V1}{self.operation}/{self.object_id}"
         if self.v1:
             return _V1 + self.operation
         return f"{_DEPLOYMENTS}{quote(physical, safe='')}/{self.operation}"
@@ -55,11 +63,22 @@ def match(method: str, path: str) -> Route:
         route = Route(operation, deployment, v1=False)
     elif path.startswith(_V1) and path[len(_V1) :] in OPERATIONS:
         route = Route(path[len(_V1) :], None, v1=True)
+    elif path.startswith(_V1):
+        return _object_route(method, path[len(_V1) :])
     else:
         raise GatewayError(404, "NotFound", "Resource not found.")
     if method != "POST":
         raise GatewayError(405, "MethodNotAllowed", f"Method {method} is not allowed on this path; use POST.")
     return route
+
+
+def _object_route(method: str, rest: str) -> Route:
+    collection, _, object_id = rest.partition("/")
+    if collection not in OBJECT_COLLECTIONS or not _OBJECT_ID.fullmatch(object_id):
+        raise GatewayError(404, "NotFound", "Resource not found.")
+    if method not in OBJECT_METHODS:
+        raise GatewayError(405, "MethodNotAllowed", f"Method {method} is not allowed on this path; use GET or DELETE.")
+    return Route(collection, None, v1=True, object_id=object_id, method=method)
 
 
 def valid_deployment_name(name: str) -> bool:

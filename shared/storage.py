@@ -17,6 +17,7 @@ from shared.config import TableSettings
 
 USAGE_TABLE = "gatewayusage"
 HEALTH_TABLE = "gatewayhealth"
+AFFINITY_TABLE = "gatewayaffinity"
 _TIMEOUTS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 10, "retry_total": 0}
 
 

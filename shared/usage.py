@@ -126,6 +126,8 @@ class SseEvent:
 
 
 _USAGE_NULL = b',"usage":null'
+# A Responses stream ends with one of these events instead of chat's `data: [DONE]`.
+_RESPONSES_END = frozenset({b"event: response.completed", b"event: response.failed", b"event: response.incomplete"})
 
 
 class SseScanner:
@@ -160,13 +162,15 @@ class SseScanner:
         return rest
 
     def _event(self, event: bytes) -> bytes:
-        if event.startswith(b"data: [DONE]"):
+        if event.startswith(b"data: [DONE]") or event.split(b"\n", 1)[0].rstrip(b"\r") in _RESPONSES_END:
             self.done = True
-            return event
         if b'"usage"' not in event:
             return event
-        payload = _data_payload(event)
-        if isinstance(payload, dict) and payload.get("usage") is not None:
+        payload = data_payload(event)
+        response = payload.get("response") if isinstance(payload, dict) else None
+        if isinstance(response, dict) and response.get("usage") is not None:
+            self.usage = usage_tokens(response["usage"])  # response.completed carries the whole response
+        elif isinstance(payload, dict) and payload.get("usage") is not None:
             self.usage = usage_tokens(payload["usage"])
             if self._strip and payload.get("choices") == []:
                 return b""
@@ -185,7 +189,8 @@ def _event_end(buffer: bytes) -> int:
     return best
 
 
-def _data_payload(event: bytes) -> Any:
+def data_payload(event: bytes) -> Any:
+    """The JSON of one SSE event's data lines; None when it is not JSON."""
     lines = [line[5:].lstrip() for line in event.splitlines() if line.startswith(b"data:")]
     try:
         return json.loads(b"\n".join(lines))

@@ -48,6 +48,36 @@ def test_responses_only_exist_on_v1() -> None:
     assert status_of("POST", "/openai/deployments/gpt-4o/responses") == 404
 
 
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_a_response_is_read_or_deleted_by_id(method: str) -> None:
+    route = match(method, "/openai/v1/responses/resp_Ab-9")
+    assert route == Route("responses", None, v1=True, object_id="resp_Ab-9", method=method)
+    assert route.upstream_path("ignored") == "/openai/v1/responses/resp_Ab-9"
+    assert match(method, "/openai/v1/responses/" + "a" * 128).object_id == "a" * 128
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/openai/v1/responses/",
+        "/openai/v1/responses/" + "a" * 129,
+        "/openai/v1/responses/resp.1",
+        "/openai/v1/responses/resp_1/",
+        "/openai/v1/responses/resp_1/input_items",
+        "/openai/v1/responses/resp:1",
+        "/openai/v1/chat/completions/chatcmpl-1",
+        "/openai/v1/files/file-1",
+    ],
+)
+def test_object_paths_are_strict(path: str) -> None:
+    assert status_of("GET", path) == 404
+
+
+def test_objects_allow_get_and_delete_only() -> None:
+    assert status_of("POST", "/openai/v1/responses/resp_1") == 405
+    assert status_of("PUT", "/openai/v1/responses/resp_1") == 405
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -91,7 +121,7 @@ def test_the_longest_name_is_accepted() -> None:
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "post"])
-def test_only_post_is_allowed(method: str) -> None:
+def test_only_post_is_allowed_on_operations(method: str) -> None:
     assert status_of(method, "/openai/deployments/gpt-4o/chat/completions") == 405
     assert status_of(method, "/openai/v1/responses") == 405
     assert status_of(method, "/openai/v1/nothing") == 404  # an unknown path stays a 404
@@ -127,6 +157,7 @@ _DEPLOYMENT_ALTS = "|".join(map(re.escape, DEPLOYMENT_OPS))
 _V1_ALTS = "|".join(map(re.escape, V1_OPS))
 _SAFE = re.compile(
     rf"^/openai/deployments/[A-Za-z0-9][A-Za-z0-9._-]{{0,63}}/({_DEPLOYMENT_ALTS})\Z|^/openai/v1/({_V1_ALTS})\Z"
+    r"|^/openai/v1/responses/[A-Za-z0-9_-]{1,128}\Z"
 )
 
 
@@ -136,7 +167,10 @@ def _part(valid: list[str], tricks: list[str]) -> st.SearchStrategy[str]:
     return st.one_of(good, good, good, good, st.sampled_from(tricks), st.text(max_size=5))
 
 
-_ops = _part(V1_OPS, ["", "files", "models", "chat/completions/", "chat//completions", "chat/../completions"])
+_ops = _part(
+    V1_OPS,
+    ["", "files", "models", "chat/completions/", "chat//completions", "chat/../completions", "responses/resp_1"],
+)
 _deployment_paths = st.tuples(
     _part(["/openai/deployments/"], ["/openai/", "/openai/v1/deployments/", "", "//openai/deployments/"]),
     _part(["gpt-4o", "a", "x.y_z-1"], ["", "..", ".", "a@b", "%2e%2e", "a\\b", "a\nb", "a b", "ö"]),
@@ -154,7 +188,7 @@ def test_a_matched_path_is_always_a_safe_upstream_path(method: str, path: str) -
     except GatewayError as exc:
         assert exc.status in (404, 405)
         return
-    assert method == "POST"
+    assert route.method == method and (method == "POST") == (route.object_id is None)
     upstream = route.upstream_path(route.deployment or "unused")
     assert _SAFE.match(upstream), upstream
     assert upstream == path  # nothing was rewritten: the client's path was already exactly a safe one

@@ -220,3 +220,17 @@ def test_chunk_boundaries_do_not_matter(cuts: list[int], crlf: bool, strip: bool
         assert split == stream
     assert scanner.usage == 11
     assert scanner.done
+
+
+def test_a_responses_stream_ends_with_response_completed_and_carries_usage_inside() -> None:
+    created = b'event: response.created\ndata: {"type":"response.created","response":{"id":"r","usage":null}}\n\n'
+    delta = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"hi"}\n\n'
+    usage = b'"usage":{"input_tokens":3,"output_tokens":1,"total_tokens":4}'
+    completed = (
+        b'event: response.completed\ndata: {"type":"response.completed","response":{"id":"r",' + usage + b"}}\n\n"
+    )
+    scanner = SseScanner(strip_usage=False)
+    assert scanner.feed(created + delta) == [created, delta]
+    assert not scanner.done and scanner.usage is None
+    assert scanner.feed(completed) == [completed]
+    assert scanner.done and scanner.usage == 4
