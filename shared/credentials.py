@@ -109,7 +109,11 @@ async def build_token_provider(
         return BearerTokenProvider(ManagedIdentityCredential(client_id=settings.managed_identity_client_id))
     if settings.mode == "spn":
         vault_identity = ManagedIdentityCredential(client_id=settings.managed_identity_client_id)
-        secret = await (read_secret or read_key_vault_secret)(vault_identity, settings)
+        try:
+            secret = await (read_secret or read_key_vault_secret)(vault_identity, settings)
+        except BaseException:
+            await vault_identity.close()
+            raise
         assert settings.spn_tenant_id and settings.spn_client_id
         spn = ClientSecretCredential(settings.spn_tenant_id, settings.spn_client_id, secret)
         return BearerTokenProvider(spn, closers=(vault_identity,))

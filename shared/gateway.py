@@ -22,7 +22,7 @@ from shared.affinity import AffinityStore, MemoryAffinityStore, TableAffinitySto
 from shared.auth import Authenticator, EntraBearer
 from shared.clock import Clock, ScaledClock
 from shared.config import Settings, load_settings
-from shared.credentials import TokenProvider, build_token_provider
+from shared.credentials import CredentialError, TokenProvider, build_token_provider
 from shared.entra import EntraValidator, JwksCache, aiohttp_jwks_fetcher
 from shared.errors import GatewayError
 from shared.health import HealthBoard, OutlierPolicy
@@ -70,6 +70,7 @@ class Gateway:
         self._storage_credential: AsyncTokenCredential | None = None
         self._background: list[asyncio.Task[None]] = []
         self._starting = asyncio.Lock()
+        self._credential_failing = False
 
     @classmethod
     def from_environment(cls) -> Gateway:
@@ -89,7 +90,7 @@ class Gateway:
                     auto_decompress=False,
                 )
                 if self._tokens is None:
-                    self._tokens = await build_token_provider(self.settings.credential)
+                    self._tokens = await self._token_provider()
                 entra = self.settings.entra
                 if entra.enabled:
                     validator = EntraValidator(
@@ -115,6 +116,28 @@ class Gateway:
                     rng=self._rng,
                 )
         return self._proxy
+
+    async def _token_provider(self) -> TokenProvider:
+        """The upstream identity; while it cannot be had (say, the SPN secret is unreadable) answer 503."""
+        try:
+            tokens = await build_token_provider(self.settings.credential)
+        except CredentialError as exc:
+            if not self._credential_failing:
+                log.error("upstream credential unavailable: %s", exc)
+                self._credential_failing = True
+            assert self._session is not None
+            await self._session.close()
+            self._session = None
+            raise GatewayError(
+                503,
+                "UpstreamCredentialUnavailable",
+                "The gateway cannot sign in to Azure OpenAI right now.",
+                retry_after=30,
+            ) from None
+        if self._credential_failing:
+            log.warning("upstream credential available again")
+            self._credential_failing = False
+        return tokens
 
     def _build_ledger(self) -> Ledger:
         """Table Storage when configured (shared by every instance), else this process's memory."""
@@ -168,7 +191,10 @@ class Gateway:
             await self.clock.sleep(interval)
 
     async def handle(self, request: Request) -> Response:
-        proxy = await self._start()
+        try:
+            proxy = await self._start()
+        except GatewayError as exc:
+            return _error(exc)
         raw_path = request.scope.get("raw_path")
         path = raw_path.decode("latin-1").partition("?")[0] if raw_path else request.url.path
         outgoing = await proxy.handle(
@@ -182,7 +208,10 @@ class Gateway:
 
     async def healthz(self, request: Request) -> Response:
         """For the Application Gateway's probe: 200 while at least one host can serve."""
-        await self._start()
+        try:
+            await self._start()
+        except GatewayError as exc:
+            return _error(exc)
         hosts = self.settings.cluster.all_hosts()
         serving = [h.name for h in hosts if self.health.recovers_in(h.key) != float("inf")]
         status = 200 if serving else 503
@@ -192,11 +221,11 @@ class Gateway:
 
     async def status(self, request: Request) -> Response:
         """Per-host health, cooldown and window usage against quota; no secrets, callers must authenticate."""
-        await self._start()
         try:
+            await self._start()
             await self.authenticator.authenticate(request.headers)
         except GatewayError as exc:
-            return _to_response(Outgoing(exc.status, exc.headers(), exc.body()))
+            return _error(exc)
         return Response(json.dumps(self.describe(), indent=2), 200, _JSON)
 
     def describe(self) -> dict[str, Any]:
@@ -237,7 +266,10 @@ class Gateway:
 
     async def probe(self) -> None:
         """The timer trigger: probe every host, publish, and apply the results here at once."""
-        await self._start()
+        try:
+            await self._start()
+        except GatewayError:
+            return  # already logged; nothing can be probed without an upstream identity
         assert self._session is not None and self._tokens is not None
         hosts = self.settings.cluster.all_hosts()
         timeout = min(10.0, self.clock.to_real(self.settings.routing.connect_timeout_seconds * 2))
@@ -310,6 +342,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
                 413, "request_too_large", f"The request body exceeds the gateway's limit of {limit} bytes."
             )
     return bytes(body)
+
+
+def _error(exc: GatewayError) -> Response:
+    return _to_response(Outgoing(exc.status, exc.headers(), exc.body()))
 
 
 def _to_response(outgoing: Outgoing) -> Response:

@@ -29,7 +29,8 @@ async def probe_host(
     url = f"{host.endpoint}/openai/models?api-version={PROBE_API_VERSION}"
     started = time.perf_counter()
     try:
-        async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_seconds)) as response:
+        timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        async with session.get(url, headers=headers, timeout=timeout, allow_redirects=False) as response:
             await response.read()
             status = response.status
     except TimeoutError:

@@ -52,6 +52,8 @@ _DROP_RESPONSE = frozenset(
     }
 )
 BACKEND_HEADER = "x-gateway-backend"
+_MAX_FORWARDED_VALUE = 1024  # a longer user-agent or request id is noise that Azure may refuse
+_MAX_HEADER_BYTES = 32 * 1024  # what Azure's own front end accepts in all
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -120,6 +122,8 @@ class Proxy:
         read_body: BodyReader,
     ) -> Outgoing:
         try:
+            if sum(len(k) + len(v) for k, v in headers.items()) > _MAX_HEADER_BYTES:
+                raise GatewayError(431, "request_header_fields_too_large", "The request headers are too large.")
             route = routes.match(method, path)
             caller = await self._auth.authenticate(headers)
             if self.in_flight >= self._routing.max_in_flight:
@@ -334,8 +338,14 @@ class Proxy:
         handed_off = False
         try:
             response = await asyncio.wait_for(
+                # Never follow a redirect: it would carry the host's credential and the prompt elsewhere.
                 self._session.request(
-                    route.method, url, data=payload or None, headers=headers, timeout=self._timeout()
+                    route.method,
+                    url,
+                    data=payload or None,
+                    headers=headers,
+                    timeout=self._timeout(),
+                    allow_redirects=False,
                 ),
                 timeout=self._clock.to_real(remaining),
             )
@@ -387,6 +397,12 @@ class Proxy:
             else:
                 self._ledger.release(reservation)
             self._failed(host, attempts, "cut its answer off")
+            return None
+        if 300 <= status < 400:
+            # Handing a redirect to the client would make its SDK re-send the caller's key there.
+            self._ledger.release(reservation)
+            log.warning("host %s answered a %d redirect; not followed", host.key, status)
+            self._failed(host, attempts, f"answered a {status} redirect")
             return None
         if status in _RETRY_STATUSES or status in (401, 403) or (status == 404 and b"DeploymentNotFound" in content):
             self._ledger.release(reservation)
@@ -471,7 +487,7 @@ class Proxy:
         )
 
     async def _upstream_headers(self, host: Host, client_headers: Mapping[str, str]) -> dict[str, str]:
-        headers = {k: v for k, v in client_headers.items() if k in _FORWARD_REQUEST}
+        headers = {k: v for k, v in client_headers.items() if k in _FORWARD_REQUEST and len(v) <= _MAX_FORWARDED_VALUE}
         headers["accept-encoding"] = "identity"  # usage is read from the body; keep it plain
         if host.auth.type == "api-key":
             headers["api-key"] = self._host_keys[host.key].reveal()
@@ -536,6 +552,8 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
 
 
 def _client_headers(upstream: Mapping[str, str], host: Host) -> dict[str, str]:
-    headers = {k.lower(): v for k, v in upstream.items() if k.lower() not in _DROP_RESPONSE}
+    # Headers the upstream names in Connection are hop-by-hop too (RFC 9110, 7.6.1).
+    named = {token.strip().lower() for token in upstream.get("connection", "").split(",")}
+    headers = {k.lower(): v for k, v in upstream.items() if k.lower() not in _DROP_RESPONSE and k.lower() not in named}
     headers[BACKEND_HEADER] = host.name
     return headers

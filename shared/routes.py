@@ -85,6 +85,11 @@ def valid_deployment_name(name: str) -> bool:
     return bool(_NAME.fullmatch(name))
 
 
+_CREDENTIAL_PARAMETERS = frozenset({"api-key", "subscription-key", "access_token", "code", "sig"})
+
+
 def upstream_query(params: list[tuple[str, str]]) -> str:
-    """Re-encode the client's query (api-version and friends) so it cannot smuggle anything."""
-    return urlencode(params) if params else ""
+    """Re-encode the client's query (api-version and friends) so it cannot smuggle anything; a credential
+    placed in the query is the caller's and never goes upstream."""
+    kept = [(k, v) for k, v in params if k.lower() not in _CREDENTIAL_PARAMETERS]
+    return urlencode(kept) if kept else ""

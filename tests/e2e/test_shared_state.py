@@ -79,7 +79,8 @@ async def test_two_instances_share_one_view_and_in_memory_ones_over_send(tmp_pat
     shared, shared_429s, shared_views, shared_used = results["shared"]
     _, alone_429s, alone_views, alone_used = results["in-memory"]
     assert shared.statuses == {200: shared.sent}, shared.errors
-    assert shared_429s <= 3
+    # Near zero: two instances that learn of each other a second late can still both take the last room.
+    assert shared_429s <= 0.03 * shared.sent
     # Shared: every instance sees (nearly) all of the first tier's use, so none over-sends.
     assert all(view >= 0.85 * shared_used for view in shared_views)
     # In memory: each sees only its own half and would send the other half again: the over-send.

@@ -6,14 +6,18 @@ imported from, and every fake records what it was built with, so the wiring itse
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import aiohttp
 import azure.identity.aio
 import azure.keyvault.secrets.aio
 import pytest
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
+from starlette.requests import Request
 
+from shared import gateway as gateway_module
 from shared.config import CredentialSettings, load_settings
 from shared.credentials import SCOPE, BearerTokenProvider, CredentialError, build_token_provider
 
@@ -227,3 +231,78 @@ async def test_an_empty_secret_is_refused_by_name(vault: type[FakeSecretClient])
     with pytest.raises(CredentialError, match=f"{SECRET_NAME}.*empty"):
         await build_token_provider(SETTINGS)
     assert RealClientSecretCredential.built == []
+
+
+async def test_a_failed_read_closes_the_vault_identity(vault: type[FakeSecretClient]) -> None:
+    """The managed identity opened for the vault holds an HTTP transport; a failed start must not leak it."""
+    vault.behaviour = HttpResponseError("Forbidden")
+    with pytest.raises(CredentialError):
+        await build_token_provider(SETTINGS)
+    [vault_identity] = FakeManagedIdentity.built
+    assert vault_identity.closed
+
+
+# --- the composition root while the vault cannot be read --------------------------------------------------------
+
+GATEWAY_ENV = {
+    "GATEWAY_CONFIG": '{"deployments": {"gpt-4o": [{"name": "eastus", "endpoint": "https://e.example",'
+    ' "deployment": "gpt-4o", "tpm": 1000}]}, "clients": [{"name": "a", "key_setting": "K"}]}',
+    "K": "client-key",
+    "GATEWAY_CREDENTIAL": "spn",
+    "GATEWAY_KEYVAULT_URI": VAULT,
+    "GATEWAY_SPN_TENANT_ID": TENANT,
+    "GATEWAY_SPN_CLIENT_ID": CLIENT,
+    "GATEWAY_SPN_SECRET_NAME": SECRET_NAME,
+}
+
+
+def starlette_request(path: str, method: str = "POST", body: bytes = b"") -> Request:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"api-version=2024-10-21",
+        "headers": [(b"api-key", b"client-key"), (b"content-type", b"application/json")],
+    }
+    return Request(scope, receive)
+
+
+async def test_gateway_answers_503_in_openai_shape_while_the_vault_is_unreadable_and_leaks_nothing(
+    vault: type[FakeSecretClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sessions: list[aiohttp.ClientSession] = []
+    real_session = aiohttp.ClientSession
+
+    def counting_session(*args: Any, **kwargs: Any) -> aiohttp.ClientSession:
+        session = real_session(*args, **kwargs)
+        sessions.append(session)
+        return session
+
+    monkeypatch.setattr(aiohttp, "ClientSession", counting_session)
+    vault.behaviour = HttpResponseError("Forbidden")
+    gateway = gateway_module.Gateway(load_settings(GATEWAY_ENV))
+    try:
+        for _ in range(3):
+            response = await gateway.handle(
+                starlette_request("/openai/deployments/gpt-4o/chat/completions", body=b'{"max_tokens": 1}')
+            )
+            assert response.status_code == 503
+            error = json.loads(bytes(response.body))["error"]
+            assert set(error) == {"code", "message", "type"}
+            assert SECRET_VALUE not in json.dumps(error)
+        # What was opened for the failed starts is closed again: at most the one live session remains.
+        assert sum(not s.closed for s in sessions) <= 1
+        assert all(identity.closed for identity in FakeManagedIdentity.built)
+
+        vault.behaviour = SECRET_VALUE  # the role assignment arrived: the next request starts the gateway
+        status = await gateway.status(starlette_request("/status", method="GET"))
+        assert status.status_code == 200
+        assert RealClientSecretCredential.built[-1].args == (TENANT, CLIENT, SECRET_VALUE)
+    finally:
+        await gateway.close()
+        for session in sessions:
+            await session.close()

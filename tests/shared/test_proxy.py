@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import aiohttp
 import pytest
@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 from starlette.datastructures import Headers
 
+from shared.affinity import MemoryAffinityStore, response_key, valid_id
 from shared.auth import Authenticator
 from shared.clock import ManualClock
 from shared.cluster import Cluster, Host, HostAuth
@@ -110,6 +111,7 @@ class FakeResponse:
 
 @dataclass
 class Sent:
+    method: str
     url: str
     headers: dict[str, str]
     data: bytes
@@ -126,7 +128,11 @@ Responder = Callable[[Sent], Answer]
 
 
 class FakeSession:
-    """`post` is awaitable like aiohttp's; each call is recorded, then answered by `responder`."""
+    """`post` is awaitable like aiohttp's; each call is recorded, then answered by `responder`.
+
+    Like aiohttp, it follows redirects unless told `allow_redirects=False`: re-sending the body and every
+    header but Authorization (which aiohttp drops when the origin changes) to wherever Location points.
+    """
 
     def __init__(self, clock: ManualClock, responder: Responder) -> None:
         self.clock = clock
@@ -134,22 +140,41 @@ class FakeSession:
         self.sent: list[Sent] = []
         self.responses: list[FakeResponse] = []
 
-    async def post(
+    async def request(
         self,
+        method: str,
         url: str,
         *,
-        data: bytes,
+        data: bytes | None,
         headers: Mapping[str, str],
         timeout: Any,  # noqa: ASYNC109 - aiohttp's signature
+        allow_redirects: bool = True,
+        **options: Any,
     ) -> FakeResponse:
         assert isinstance(timeout, aiohttp.ClientTimeout)
-        sent = Sent(url, dict(headers), bytes(data), self.clock.now())
-        self.sent.append(sent)
-        answer = self.responder(sent)
-        if isinstance(answer, BaseException):
-            raise answer
-        self.responses.append(answer)
-        return answer
+        headers = dict(headers)
+        for _ in range(10):
+            sent = Sent(method, url, dict(headers), bytes(data or b""), self.clock.now())
+            self.sent.append(sent)
+            answer = self.responder(sent)
+            if isinstance(answer, BaseException):
+                raise answer
+            response = answer
+            location = response.headers.get("location")
+            if not (allow_redirects and response.status in (301, 302, 303, 307, 308) and location):
+                break
+            response.release()
+            if (response.status == 303 and method != "HEAD") or (response.status in (301, 302) and method == "POST"):
+                method, data = "GET", None
+            target = urljoin(url, location)
+            if urlsplit(target)[:2] != urlsplit(url)[:2]:
+                headers.pop("authorization", None)
+            url = target
+        self.responses.append(response)
+        return response
+
+    async def post(self, url: str, **options: Any) -> FakeResponse:
+        return await self.request("POST", url, **options)
 
 
 class FakeTokens:
@@ -186,6 +211,7 @@ class Rig:
     ledger: LocalLedger
     health: HealthBoard
     tokens: FakeTokens
+    affinity: MemoryAffinityStore
 
     def headroom(self, host: Host) -> tuple[float, float]:
         return self.ledger.headroom(host.key, host.tpm, host.rpm)
@@ -194,6 +220,7 @@ class Rig:
 def make_rig(responder: Responder = ok, hosts: tuple[Host, ...] = HOSTS, seed: int = 7, **routing: Any) -> Rig:
     clock = ManualClock(1000.0)
     ledger = LocalLedger(clock)
+    affinity = MemoryAffinityStore(clock)
     health = HealthBoard(clock)
     session = FakeSession(clock, responder)
     tokens = FakeTokens()
@@ -201,6 +228,7 @@ def make_rig(responder: Responder = ok, hosts: tuple[Host, ...] = HOSTS, seed: i
         cluster=Cluster({CHAT: hosts}),
         routing=Routing(**routing),
         ledger=ledger,
+        affinity=affinity,
         health=health,
         authenticator=Authenticator([Client("app", (Secret(CLIENT_KEY),))]),
         tokens=tokens,
@@ -209,7 +237,7 @@ def make_rig(responder: Responder = ok, hosts: tuple[Host, ...] = HOSTS, seed: i
         clock=clock,
         rng=random.Random(seed),
     )
-    return Rig(proxy, session, clock, ledger, health, tokens)
+    return Rig(proxy, session, clock, ledger, health, tokens, affinity)
 
 
 def wire_headers(pairs: list[tuple[str, str]]) -> Headers:
@@ -258,9 +286,12 @@ def error_of(outgoing: Outgoing) -> dict[str, Any]:
 
 # --- (a) whatever the client sends, the upstream request is ours -------------------------------------------------
 
+KNOWN_RESPONSE = "resp_known123"  # a Response the affinity store says lives on eastus
+OBJECT_PATH = f"/openai/v1/responses/{KNOWN_RESPONSE}"
 ALLOWED_UPSTREAM_PATHS = {
     host.key: {f"/openai/deployments/{host.deployment}/{op}" for op in DEPLOYMENT_OPERATIONS}
     | {f"/openai/v1/{op}" for op in OPERATIONS}
+    | {OBJECT_PATH}
     for host in HOSTS
 }
 TRICKS = [
@@ -286,9 +317,10 @@ TRICKS = [
     "\uff0f",
     "\x00",
 ]
-VALID_PATHS = [f"/openai/deployments/{CHAT}/{op}" for op in sorted(DEPLOYMENT_OPERATIONS)] + [
+POST_PATHS = [f"/openai/deployments/{CHAT}/{op}" for op in sorted(DEPLOYMENT_OPERATIONS)] + [
     f"/openai/v1/{op}" for op in sorted(OPERATIONS)
 ]
+VALID_PATHS = [*POST_PATHS, OBJECT_PATH, "/openai/v1/responses/resp_unknown"]
 
 
 @st.composite
@@ -310,7 +342,12 @@ def paths(draw: st.DrawFn) -> str:
 
 _TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!#$%&'*+^`|~"
 forbidden_names = st.sampled_from(FORBIDDEN).flatmap(lambda n: st.sampled_from([n, n.upper(), n.title()]))
-header_names = st.one_of(forbidden_names, forbidden_names, st.text(alphabet=_TOKEN_CHARS, min_size=1, max_size=20))
+header_names = st.one_of(
+    forbidden_names,
+    forbidden_names,
+    st.sampled_from(["x-session-id", "x-ms-client-request-id", "user-agent", "openai-beta", "accept"]),
+    st.text(alphabet=_TOKEN_CHARS, min_size=1, max_size=20),
+)
 # What an HTTP server can hand over: latin-1, no CR/LF/NUL.
 header_values = st.text(
     alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=40
@@ -329,9 +366,22 @@ queries = st.lists(st.tuples(st.text(max_size=10), st.text(max_size=20)), max_si
 )
 
 
+def must_be_served(method: str, path: str, headers: Headers, v1_model: str) -> bool:
+    """A request every rule allows: authenticated, a served operation and method, a known model or object."""
+    if not presents_the_client_key(headers):
+        return False
+    if path == OBJECT_PATH:  # pinned to the Response's home: an x-session-id is not looked at
+        return method in ("GET", "DELETE")
+    session = headers.get("x-session-id")
+    if session is not None and not valid_id(session):
+        return False
+    return method == "POST" and path in POST_PATHS and (not path.startswith("/openai/v1/") or v1_model == CHAT)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     path=paths(),
+    odd_method=st.none() | st.none() | st.none() | st.sampled_from(["GET", "DELETE", "PUT", "POST", "PATCH"]),
     extra=st.lists(st.tuples(header_names, header_values), max_size=8),
     creds=credentials,
     query=queries,
@@ -340,21 +390,30 @@ queries = st.lists(st.tuples(st.text(max_size=10), st.text(max_size=20)), max_si
 )
 def test_upstream_url_and_headers_are_the_gateways_whatever_the_client_sends(
     path: str,
+    odd_method: str | None,
     extra: list[tuple[str, str]],
     creds: list[tuple[str, str]],
     query: list[tuple[str, str]],
     v1_model: str,
     order: list[Host],
 ) -> None:
+    # Mostly the path's own method (GET for an object, POST for an operation), sometimes any other.
+    method = odd_method or ("GET" if path.startswith("/openai/v1/responses/") else "POST")
     # Whichever host is preferred (so api-key and Entra hosts are both exercised as the first choice).
     rig = make_rig(hosts=tuple(replace(host, priority=i + 1) for i, host in enumerate(order)))
     headers = [*creds, ("content-type", "application/json"), *extra]
-    outgoing = asyncio.run(call(rig, path, headers, body(model=v1_model), query))
 
-    authenticated = presents_the_client_key(wire_headers(headers))
+    async def scenario() -> Outgoing:
+        await rig.affinity.put(response_key(KNOWN_RESPONSE), EAST.key, 3600)
+        payload = b"" if method in ("GET", "DELETE") else body(model=v1_model)
+        return await call(rig, path, headers, payload, query, method=method)
+
+    outgoing = asyncio.run(scenario())
+
     for sent in rig.session.sent:
         host = sent.host  # KeyError if the URL names no configured endpoint
         assert sent.url.startswith(host.endpoint + "/openai/")
+        assert sent.method == method
         parts = urlsplit(sent.url)
         assert parts.path in ALLOWED_UPSTREAM_PATHS[host.key], sent.url
         assert parts.fragment == "" and parts.username is None and parts.password is None
@@ -373,13 +432,13 @@ def test_upstream_url_and_headers_are_the_gateways_whatever_the_client_sends(
                 assert name not in names
         assert all(CLIENT_KEY not in value for value in sent.headers.values())
         assert CLIENT_KEY not in sent.url
+    served = must_be_served(method, path, wire_headers(headers), v1_model)
     if rig.session.sent:
-        assert authenticated, "an unauthenticated request went upstream"
+        assert served, f"a request no rule allows went upstream: {method} {path!r}"
         assert outgoing.status == 200 and outgoing.headers[BACKEND_HEADER] == rig.session.sent[-1].host.name
-    elif authenticated and path in VALID_PATHS and (not path.startswith("/openai/v1/") or v1_model == CHAT):
-        pytest.fail(f"a valid authenticated request was not forwarded: {outgoing.status} {outgoing.body!r}")
     else:
-        assert outgoing.status in (400, 401, 404), outgoing
+        assert not served, f"an allowed request was not forwarded: {outgoing.status} {outgoing.body!r}"
+        assert outgoing.status in (400, 401, 404, 405), outgoing
         error_of(outgoing)
 
 
@@ -553,6 +612,31 @@ async def test_upstream_400_passes_through_with_its_body_and_is_not_retried() ->
     assert rig.health.available(EAST.key)
 
 
+# --- redirects: the upstream URL is ours, whatever an upstream answers ----------------------------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_an_upstream_redirect_is_neither_followed_nor_handed_to_the_client(status: int) -> None:
+    """A 3xx must not send the prompt and the host's api key elsewhere, nor the client (the openai SDK follows
+    redirects, re-sending its own api-key header) to wherever Location points: it is a failed attempt."""
+    evil = "https://evil.example/steal"
+
+    def respond(sent: Sent) -> FakeResponse:
+        if sent.url.startswith(evil):
+            return FakeResponse(200, {}, b'{"choices": [{"message": {"content": "from evil"}}]}')
+        if sent.url.startswith(UK.endpoint):
+            return FakeResponse(status, {"location": evil}, b"")
+        return ok(sent)
+
+    rig = make_rig(respond, hosts=(replace(UK, priority=1), replace(EAST, priority=2)))
+    outgoing = await call(rig)
+    configured = tuple(h.endpoint + "/" for h in HOSTS)
+    assert [s.url for s in rig.session.sent if not s.url.startswith(configured)] == []
+    assert all(HOST_API_KEY not in json.dumps(s.headers) for s in rig.session.sent if not s.url.startswith(UK.endpoint))
+    assert "location" not in outgoing.headers
+    assert outgoing.status == 200 and outgoing.headers[BACKEND_HEADER] == "eastus"
+
+
 # --- (f) response headers ----------------------------------------------------------------------------------------
 
 
@@ -618,3 +702,25 @@ async def test_streamed_response_headers_are_filtered_the_same_way() -> None:
     streamed = b"".join([chunk async for chunk in outgoing.stream])
     assert streamed == b"".join(events)
     assert rig.proxy.in_flight == 0 and upstream.released
+
+
+async def test_oversized_headers_are_refused_before_anything_is_sent() -> None:
+    rig = make_rig()
+    padding = [(f"x-pad-{i}", "p" * 1000) for i in range(40)]
+    outgoing = await call(rig, headers=[("api-key", CLIENT_KEY), ("content-type", "application/json"), *padding])
+    assert outgoing.status == 431
+    assert error_of(outgoing)["code"] == "request_header_fields_too_large"
+    assert rig.session.sent == []
+
+
+async def test_a_credential_in_the_query_and_long_header_values_stay_here() -> None:
+    rig = make_rig()
+    outgoing = await call(
+        rig,
+        query=[("api-version", API_VERSION), ("api-key", CLIENT_KEY)],
+        headers=[("api-key", CLIENT_KEY), ("content-type", "application/json"), ("user-agent", "u" * 5000)],
+    )
+    assert outgoing.status == 200
+    (sent,) = rig.session.sent
+    assert CLIENT_KEY not in sent.url and "api-version=" in sent.url
+    assert "user-agent" not in {k.lower() for k in sent.headers}
