@@ -6,7 +6,6 @@ neither timing nor a memory dump gives one away. The caller's credential is neve
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Protocol
 from shared.config import Client
 from shared.entra import AuthError, EntraValidator
 from shared.errors import GatewayError
+from shared.keys import KeyRing, digest
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,9 @@ class EntraBearer:
         return Caller(principal.name, "entra")
 
 
-def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode()).digest()
-
-
 class Authenticator:
     def __init__(self, clients: Sequence[Client], bearer: BearerValidator | None = None) -> None:
-        self._keys = [(client.name, _digest(key.reveal())) for client in clients for key in client.keys]
+        self.keys = KeyRing(clients)
         self._bearer = bearer
 
     async def authenticate(self, headers: Mapping[str, str]) -> Caller:
@@ -71,10 +67,10 @@ class Authenticator:
         )
 
     def _by_key(self, key: str) -> Caller:
-        presented = _digest(key)
+        presented = digest(key)
         found: str | None = None
-        for name, digest in self._keys:  # no early exit: the time taken does not depend on which key matched
-            if hmac.compare_digest(presented, digest) and found is None:
+        for name, valid in self.keys.entries():  # no early exit: the time taken does not depend on which key matched
+            if hmac.compare_digest(presented, valid) and found is None:
                 found = name
         if found is None:
             raise GatewayError(401, "401", "Access denied due to invalid gateway key.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,8 @@ class Client:
     """A consuming application; several keys may be valid at once during a rotation."""
 
     name: str
-    keys: tuple[Secret, ...]
+    keys: tuple[Secret, ...]  # from app settings, read once at start
+    key_secrets: tuple[str, ...] = ()  # Key Vault secret names, re-read while running (rotation, no restart)
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class Settings:
     clients: tuple[Client, ...]
     host_keys: Mapping[str, Secret]  # Host.key -> api key, for api-key hosts
     routing: Routing = field(default_factory=Routing)
+    key_refresh_seconds: float = 300.0
     credential: CredentialSettings = field(default_factory=CredentialSettings)
     table: TableSettings = field(default_factory=TableSettings)
     entra: EntraSettings = field(default_factory=EntraSettings)
@@ -152,6 +155,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         entra=entra,
         instance_id=env.get("WEBSITE_INSTANCE_ID") or env.get("GATEWAY_INSTANCE_ID") or "local",
         time_scale=_positive_float(env.get("GATEWAY_TIME_SCALE", "1"), "GATEWAY_TIME_SCALE"),
+        key_refresh_seconds=_positive_float(
+            env.get("GATEWAY_KEY_REFRESH_SECONDS", "300"), "GATEWAY_KEY_REFRESH_SECONDS"
+        ),
         warnings=tuple(warnings),
     )
 
@@ -247,9 +253,18 @@ def _clients(raw: Any, env: Mapping[str, str], warnings: list[str]) -> tuple[Cli
         where = f"clients[{i}]"
         item = _object(item_raw, where)
         name = _string(item.get("name"), f"{where}.name")
-        settings = item.get("key_settings", [item.get("key_setting")] if "key_setting" in item else None)
-        if not isinstance(settings, list) or not settings:
-            raise ConfigError(f"{where}.key_setting: name the app setting that holds this client's key")
+        settings = item.get("key_settings", [item.get("key_setting")] if "key_setting" in item else [])
+        secrets = item.get("key_secrets", [])
+        if not isinstance(settings, list) or not isinstance(secrets, list) or not (settings or secrets):
+            raise ConfigError(
+                f"{where}.key_setting: name the app setting (or key_secrets: the Key Vault secrets) "
+                "that hold this client's key"
+            )
+        for j, secret in enumerate(secrets):
+            if not isinstance(secret, str) or not _SECRET_NAME.fullmatch(secret):
+                raise ConfigError(f"{where}.key_secrets[{j}]: must be a Key Vault secret name (letters, digits, -)")
+        if secrets and not env.get("GATEWAY_KEYVAULT_URI"):
+            raise ConfigError(f"GATEWAY_KEYVAULT_URI: required to read the key_secrets of client {name!r}")
         keys = []
         for setting in settings:
             setting_name = _string(setting, f"{where}.key_setting")
@@ -259,13 +274,14 @@ def _clients(raw: Any, env: Mapping[str, str], warnings: list[str]) -> tuple[Cli
                 warnings.append(f"{setting_name}: {_UNRESOLVED}; client {name!r} cannot use that key")
             elif value:  # during a rotation the second setting may be empty
                 keys.append(Secret(value))
-        if keys:
-            clients.append(Client(name, tuple(keys)))
+        if keys or secrets:
+            clients.append(Client(name, tuple(keys), tuple(secrets)))
         elif not any(_unresolved(env.get(str(x), "").strip()) for x in settings):
             raise ConfigError(f"{', '.join(settings)}: app setting with the key of client {name!r} is not set")
     return tuple(clients)
 
 
+_SECRET_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
 _UNRESOLVED = (
     "is an unresolved Key Vault reference; does the secret exist, and does the Function's identity have "
     "'Key Vault Secrets User' on the vault?"

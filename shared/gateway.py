@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -27,6 +27,7 @@ from shared.entra import EntraValidator, JwksCache, aiohttp_jwks_fetcher
 from shared.errors import GatewayError
 from shared.health import HealthBoard, OutlierPolicy
 from shared.health_store import HealthStore, MemoryHealthStore, TableHealthStore
+from shared.keys import SecretFetcher
 from shared.ledger import Ledger, LocalLedger
 from shared.probe import probe_host
 from shared.proxy import Outgoing, Proxy
@@ -45,11 +46,14 @@ class Gateway:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         tokens: TokenProvider | None = None,
+        secrets: SecretFetcher | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock or ScaledClock(settings.time_scale)
         self._rng = rng or random.Random()
         self._tokens = tokens
+        self._secrets = secrets
+        self._vault: Any = None  # the Key Vault client behind key_secrets, when this gateway made it
         routing = settings.routing
         self.health = HealthBoard(
             self.clock,
@@ -67,7 +71,7 @@ class Gateway:
         self._table_ledger: TableLedger | None = None
         self._health_store: HealthStore = MemoryHealthStore()
         self._affinity: AffinityStore = MemoryAffinityStore(self.clock)
-        self._storage_credential: AsyncTokenCredential | None = None
+        self._identity: AsyncTokenCredential | None = None  # the Function's own, for Storage and Key Vault
         self._background: list[asyncio.Task[None]] = []
         self._starting = asyncio.Lock()
         self._credential_failing = False
@@ -101,6 +105,8 @@ class Gateway:
                         authority=entra.authority,
                     )
                     self.authenticator = Authenticator(self.settings.clients, EntraBearer(validator))
+                if self.authenticator.keys.secret_names:
+                    await self._follow_key_secrets()
                 self._ledger = self._build_ledger()
                 self._proxy = Proxy(
                     cluster=self.settings.cluster,
@@ -116,6 +122,29 @@ class Gateway:
                     rng=self._rng,
                 )
         return self._proxy
+
+    async def _follow_key_secrets(self) -> None:
+        """Read the clients' Key Vault key secrets now (the first request needs them) and then every few minutes."""
+        fetch = self._secrets
+        if fetch is None:
+            from azure.keyvault.secrets.aio import SecretClient
+
+            assert self.settings.credential.keyvault_uri is not None  # checked by config
+            self._vault = SecretClient(self.settings.credential.keyvault_uri, self._managed_identity())
+            fetch = _vault_fetcher(self._vault)
+        await self.authenticator.keys.refresh(fetch)
+        self._background.append(
+            asyncio.create_task(self.authenticator.keys.run(fetch, self.clock, self.settings.key_refresh_seconds))
+        )
+
+    def _managed_identity(self) -> AsyncTokenCredential:
+        if self._identity is None:
+            from azure.identity.aio import DefaultAzureCredential
+
+            self._identity = DefaultAzureCredential(
+                managed_identity_client_id=self.settings.credential.managed_identity_client_id
+            )
+        return self._identity
 
     async def _token_provider(self) -> TokenProvider:
         """The upstream identity; while it cannot be had (say, the SPN secret is unreadable) answer 503."""
@@ -150,15 +179,10 @@ class Gateway:
         if not table.configured:
             log.info("no Table Storage configured: in-memory ledger and health, correct for a single instance only")
             return LocalLedger(self.clock, **windows)
-        if table.connection_string is None:
-            from azure.identity.aio import DefaultAzureCredential
-
-            # Storage is reached with the Function's managed identity, never a shared key.
-            self._storage_credential = DefaultAzureCredential(
-                managed_identity_client_id=self.settings.credential.managed_identity_client_id
-            )
+        # Storage is reached with the Function's managed identity, never a shared key.
+        identity = None if table.connection_string is not None else self._managed_identity()
         ledger = TableLedger(
-            table_client(table, USAGE_TABLE, self._storage_credential),
+            table_client(table, USAGE_TABLE, identity),
             self.clock,
             self.settings.instance_id,
             flush_interval=table.flush_interval_seconds,
@@ -166,8 +190,8 @@ class Gateway:
             **windows,
         )
         self._table_ledger = ledger
-        self._health_store = TableHealthStore(table_client(table, HEALTH_TABLE, self._storage_credential))
-        self._affinity = TableAffinityStore(table_client(table, AFFINITY_TABLE, self._storage_credential), self.clock)
+        self._health_store = TableHealthStore(table_client(table, HEALTH_TABLE, identity))
+        self._affinity = TableAffinityStore(table_client(table, AFFINITY_TABLE, identity), self.clock)
         self._background.append(asyncio.create_task(ledger.run()))
         self._background.append(asyncio.create_task(self._follow_health(table.health_cache_seconds)))
         return ledger
@@ -316,8 +340,10 @@ class Gateway:
         if isinstance(self._health_store, TableHealthStore):
             await self._health_store.close()
         await self._affinity.close()
-        if self._storage_credential is not None:
-            await self._storage_credential.close()
+        if self._vault is not None:
+            await self._vault.close()
+        if self._identity is not None:
+            await self._identity.close()
         if self._session is not None:
             await self._session.close()
         if self._tokens is not None:
@@ -342,6 +368,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
                 413, "request_too_large", f"The request body exceeds the gateway's limit of {limit} bytes."
             )
     return bytes(body)
+
+
+def _vault_fetcher(client: Any) -> SecretFetcher:
+    async def fetch(name: str) -> str | None:
+        try:
+            secret = await client.get_secret(name)
+        except ResourceNotFoundError:
+            return None
+        value: str | None = secret.value
+        return value
+
+    return fetch
 
 
 def _error(exc: GatewayError) -> Response:

@@ -260,3 +260,12 @@ def test_somebody_must_be_able_to_call() -> None:
     assert error({**BASE, "clients": []}).startswith("clients:")
     entra = {"GATEWAY_ENTRA_TENANT_ID": "t", "GATEWAY_ENTRA_AUDIENCE": "api://gw"}
     assert load({**BASE, "clients": []}, **entra).entra.enabled
+
+
+def test_key_secrets_need_the_vault_and_valid_names() -> None:
+    doc = {**BASE, "clients": [{"name": "app-c", "key_secrets": ["gateway-key-app-c"]}]}
+    assert error(doc).startswith("GATEWAY_KEYVAULT_URI:")
+    settings = load(doc, GATEWAY_KEYVAULT_URI="https://kv.vault.azure.net")
+    assert settings.clients[0].key_secrets == ("gateway-key-app-c",) and settings.clients[0].keys == ()
+    bad = {**BASE, "clients": [{"name": "app-c", "key_secrets": ["no/slashes"]}]}
+    assert error(bad, GATEWAY_KEYVAULT_URI="https://kv").startswith("clients[0].key_secrets[0]:")
