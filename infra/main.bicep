@@ -62,7 +62,7 @@ param spnSecretName string = 'gateway-spn-secret'
 @description('Backends of the gateway: objects {name, endpoint, deployment, logical, tpm, rpm, priority, weight}; endpoint is https://<resource>.openai.azure.com, logical is the name clients use.')
 param gatewayBackends array = []
 
-@description('Names of the gateway clients (letters, digits and dashes). Each needs a Key Vault secret gateway-key-<name>, surfaced as app setting GATEWAY_KEY_<NAME>.')
+@description('Names of the gateway clients (letters, digits and dashes). Client <name> presents a key held in Key Vault secret gateway-key-<name> or gateway-key-<name>-next (both valid, for rotation); the gateway re-reads them every few minutes.')
 param gatewayClients array = []
 
 @description('Tenant id whose Entra ID tokens inbound callers may present; empty accepts gateway keys only.')
@@ -209,11 +209,14 @@ var demoBackends = [for region in demoRegions: {
   weight: 1
 }]
 
-// One key per client, in Key Vault; the app setting name is what the config file refers to.
+// Each client's keys are two Key Vault secrets (both valid at once, so a key rotates without downtime),
+// read by name with the Function's managed identity and re-read while it runs: no app setting, no restart.
 var gatewayClientEntries = [for client in gatewayClients: {
   name: client
-  key_setting: 'GATEWAY_KEY_${toUpper(replace(client, '-', '_'))}'
-  secret_name: 'gateway-key-${client}'
+  key_secrets: [
+    'gateway-key-${client}'
+    'gateway-key-${client}-next'
+  ]
 }]
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -351,7 +354,6 @@ module functionApp 'app/function.bicep' = {
     keyVaultName: keyVault.outputs.name
     appGatewaySubnetId: network.outputs.appGatewaySubnetId
     gatewayConfigJson: gatewayConfigJson
-    gatewayClientEntries: gatewayClientEntries
     spnTenantId: useSpn && empty(spnTenantId) ? tenant().tenantId : spnTenantId
     spnClientId: spnClientId
     spnSecretName: spnSecretName

@@ -29,7 +29,7 @@ param deploymentContainerName string
 @description('Name of the Application Insights component.')
 param applicationInsightsName string
 
-@description('Name of the Key Vault holding the SPN secret and the gateway keys.')
+@description('Name of the Key Vault holding the SPN secret and the gateway keys (the code reads them by name via GATEWAY_KEYVAULT_URI).')
 param keyVaultName string
 
 @description('Resource id of the Application Gateway subnet, the only network allowed to call the app.')
@@ -37,9 +37,6 @@ param appGatewaySubnetId string
 
 @description('Inline gateway configuration JSON (GATEWAY_CONFIG), built by gateway-config.bicep.')
 param gatewayConfigJson string
-
-@description('Gateway clients: objects {name, key_setting, secret_name}; each becomes a Key Vault reference app setting.')
-param gatewayClientEntries array = []
 
 @description('Tenant id of the SPN the gateway authenticates upstream with; empty uses the managed identity.')
 param spnTenantId string = ''
@@ -116,6 +113,8 @@ var baseSettings = [
     value: identityClientId
   }
   {
+    // The code reads the SPN secret and the gateway keys (GATEWAY_CONFIG clients[].key_secrets) from this
+    // vault by name, with the identity above; no app setting is a Key Vault reference.
     name: 'GATEWAY_KEYVAULT_URI'
     value: vault.properties.vaultUri
   }
@@ -171,13 +170,6 @@ var baseSettings = [
   }
 ]
 
-// One Key Vault reference per gateway client: GATEWAY_KEY_<CLIENT> = @Microsoft.KeyVault(...), resolved
-// with keyVaultReferenceIdentity. Until the secret exists the setting holds the reference text itself.
-var clientKeySettings = [for client in gatewayClientEntries: {
-  name: client.key_setting
-  value: '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=${client.secret_name})'
-}]
-
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   //checkov:skip=CKV_AZURE_225: Flex Consumption places instances itself; zone redundancy exists only in some regions and needs always-ready instances to matter.
   name: planName
@@ -215,8 +207,6 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     httpsOnly: true
     // The balancer spreads load itself; an ARR affinity cookie would pin callers to one instance.
     clientAffinityEnabled: false
-    // Key Vault references (GATEWAY_KEY_*) resolve with the user-assigned identity.
-    keyVaultReferenceIdentity: identityId
     siteConfig: {
       minTlsVersion: '1.2'
       ftpsState: 'Disabled'
@@ -236,7 +226,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       // Entra ID tokens only (basic publishing credentials are disabled below).
       scmIpSecurityRestrictionsUseMain: false
       scmIpSecurityRestrictionsDefaultAction: 'Allow'
-      appSettings: concat(baseSettings, clientKeySettings)
+      appSettings: baseSettings
     }
     functionAppConfig: {
       deployment: {

@@ -1,6 +1,8 @@
-// Key Vault for the gateway's secrets: the SPN client secret (the seed's flow), one key per gateway
-// client (secret gateway-key-<client>, surfaced to the code as Key Vault references) and optionally
-// the Application Gateway's TLS certificate. Access is Azure RBAC only (no access policies).
+// Key Vault for the gateway's secrets: the SPN client secret (the seed's flow), the gateway client keys
+// (secrets gateway-key-<client> and gateway-key-<client>-next, both valid at once; the Function reads
+// them by name with its managed identity and re-reads them every few minutes, so a rotation needs no
+// restart) and optionally the Application Gateway's TLS certificate. Access is Azure RBAC only (no
+// access policies).
 // (AVM equivalent: br/public:avm/res/key-vault/vault.)
 
 @description('Name of the Key Vault (3-24 characters).')
@@ -19,7 +21,7 @@ param tags object = {}
 @maxValue(90)
 param softDeleteRetentionInDays int = 90
 
-@description('Principal id of the Function App identity (gets Key Vault Secrets User).')
+@description('Principal id of the Function App identity (gets Key Vault Secrets User to read the SPN secret and the gateway keys).')
 param functionPrincipalId string
 
 @description('Object id of the deploying user or principal (gets Key Vault Secrets Officer to store the SPN secret and gateway keys). Empty skips it.')
@@ -47,7 +49,7 @@ var secretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6'
 var secretsOfficerRoleId = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
-  //checkov:skip=CKV_AZURE_109: Key Vault references of a Flex Consumption app and the Application Gateway certificate fetch need a reachable vault; access is RBAC-only and audited.
+  //checkov:skip=CKV_AZURE_109: the Flex Consumption app (no VNet integration) reads its secrets at runtime and the Application Gateway fetches its certificate, so the vault must be reachable; access is RBAC-only and audited.
   //checkov:skip=CKV_AZURE_189: same reason as CKV_AZURE_109 (public endpoint, Entra ID + RBAC on every call).
   name: name
   location: location

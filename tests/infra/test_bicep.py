@@ -128,11 +128,6 @@ def key(name: str) -> str:
     return name.strip("'")
 
 
-def template_to_pattern(text: str) -> str:
-    """'GATEWAY_KEY_${toUpper(x)}' -> 'GATEWAY_KEY_*'."""
-    return re.sub(r"\$\{[^}]*\}+", "*", text)
-
-
 def walk(value: Any) -> Iterator[Any]:
     """Every value nested in a parse-tree fragment, the fragment included."""
     yield value
@@ -336,7 +331,6 @@ def test_function_app_runs_python_311_on_flex_consumption_as_the_uami() -> None:
     }
     scale = config["scaleAndConcurrency"]
     assert {"maximumInstanceCount", "instanceMemoryMB"} <= set(scale)
-    assert site["properties"]["keyVaultReferenceIdentity"] == "identityId"
     assert site["properties"]["httpsOnly"] is True
     tags = function(site["tags"], "union")["parameters"]
     assert {key(k): v for k, v in tags["arg_2"].items()} == {"azd-service-name": "api"}
@@ -369,16 +363,10 @@ def test_function_app_only_reachable_from_the_gateway_subnet() -> None:
     assert variable("app/network.bicep", "appGatewaySubnetName") == "snet-appgw"
 
 
-def _settings_set_by_function_module() -> tuple[dict[str, Any], dict[str, str]]:
-    """(literal setting name -> value expression, wildcard pattern -> value template).
-
-    siteConfig.appSettings = concat(<list of {name, value}>, [for client in <entries>: {name, value}]).
-    """
+def _settings_set_by_function_module() -> dict[str, Any]:
+    """Setting name -> value expression; siteConfig.appSettings is a list of {name, value} (or concat() of such)."""
     site_config = _site()["properties"]["siteConfig"]
     literal: dict[str, Any] = {}
-    wildcard: dict[str, str] = {}
-    client_entries = variable("main.bicep", "gatewayClientEntries")
-    assert client_entries["loop_type"]["detail"]["array_name"] == "gatewayClients"
 
     def collect(expr: Any) -> None:
         if isinstance(expr, str):
@@ -386,43 +374,84 @@ def _settings_set_by_function_module() -> tuple[dict[str, Any], dict[str, str]]:
         elif isinstance(expr, dict) and "function" in expr:
             for argument in function(expr, "concat")["parameters"].values():
                 collect(argument)
-        elif isinstance(expr, dict) and "loop_type" in expr:
-            # One setting per gateway client; its name is main.bicep's key_setting template.
-            assert expr["loop_type"]["detail"]["array_name"] == "gatewayClientEntries"
-            item = expr["loop_type"]["detail"]["item_name"]
-            assert render(expr["config"]["name"]) == f"{item}.key_setting"
-            pattern = template_to_pattern(client_entries["config"]["key_setting"])
-            wildcard[pattern] = expr["config"]["value"]
         else:
+            assert isinstance(expr, list), f"app settings must be literal {{name, value}} objects, got {expr!r}"
             for setting in expr:
                 assert set(setting) == {"name", "value"}, setting
+                assert isinstance(setting["name"], str) and "${" not in setting["name"], setting
                 assert setting["name"] not in literal, f"{setting['name']} is set twice"
                 literal[setting["name"]] = setting["value"]
 
     collect(site_config["appSettings"])
-    return literal, wildcard
+    return literal
 
 
 def test_every_app_setting_the_code_reads_is_set_and_nothing_else() -> None:
-    literal, wildcard = _settings_set_by_function_module()
-    assert set(literal) | set(wildcard) == app_settings_manifest()
-    assert set(wildcard) == {"GATEWAY_KEY_*"}
+    manifest = app_settings_manifest()
+    assert not [name for name in manifest if "*" in name], "app-settings.txt lists a per-client wildcard setting"
+    assert set(_settings_set_by_function_module()) == manifest
 
 
-def test_gateway_keys_are_key_vault_references_resolved_by_the_uami() -> None:
-    _, wildcard = _settings_set_by_function_module()
-    assert (
-        wildcard["GATEWAY_KEY_*"] == "@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=${client.secret_name})"
-    )
-    entries = variable("main.bicep", "gatewayClientEntries")["config"]
-    assert entries["secret_name"] == "gateway-key-${client}"
-    assert entries["key_setting"] == "GATEWAY_KEY_${toUpper(replace(client, '-', '_'))}"
-    assert _site()["properties"]["keyVaultReferenceIdentity"] == "identityId"
-    assert render(module("main.bicep", "functionApp")["config"]["params"]["keyVaultName"]) == "keyVault.outputs.name"
+def test_gateway_keys_are_key_vault_secrets_the_code_reads_with_the_uami() -> None:
+    # main.bicep: one entry per gatewayClients item, {name, key_secrets: [gateway-key-<name>, gateway-key-<name>-next]}.
+    entries = variable("main.bicep", "gatewayClientEntries")
+    loop = entries["loop_type"]["detail"]
+    assert loop["array_name"] == "gatewayClients"
+    item = loop["item_name"]
+    assert entries["config"] == {
+        "name": item,
+        "key_secrets": [f"gateway-key-${{{item}}}", f"gateway-key-${{{item}}}-next"],
+    }
+    # gateway-config.bicep passes them through into GATEWAY_CONFIG's "clients" ...
+    assert module("main.bicep", "gatewayConfig")["config"]["params"]["clients"] == "gatewayClientEntries"
+    clients = variable("app/gateway-config.bicep", "clientEntries")
+    assert clients["loop_type"]["detail"]["array_name"] == "clients"
+    client = clients["loop_type"]["detail"]["item_name"]
+    assert {k: render(v) for k, v in clients["config"].items()} == {
+        "name": f"{client}.name",
+        "key_secrets": f"{client}.key_secrets",
+    }
+    # ... and the code reads them from the vault named by GATEWAY_KEYVAULT_URI ...
+    settings = _settings_set_by_function_module()
+    assert render(settings["GATEWAY_KEYVAULT_URI"]) == "vault.properties.vaultUri"
+    vault = tree("app/function.bicep")["resources"]["vault"]
+    assert vault["existing"] is True and vault["config"]["name"] == "keyVaultName"
+    function_params = module("main.bicep", "functionApp")["config"]["params"]
+    assert render(function_params["keyVaultName"]) == "keyVault.outputs.name"
+    # ... with the Function's identity, which holds Key Vault Secrets User on that vault.
+    assert render(function_params["identityId"]) == "identity.outputs.apiIdentityId"
+    assert settings["AZURE_CLIENT_ID"] == "identityClientId"
+    assert render(function_params["identityClientId"]) == "identity.outputs.apiClientId"
+    keyvault_params = module("main.bicep", "keyVault")["config"]["params"]
+    assert render(keyvault_params["functionPrincipalId"]) == "identity.outputs.apiPrincipalId"
+    role = resources("app/keyvault.bicep", "Microsoft.Authorization/roleAssignments")["functionSecretsUser"]
+    assert role["scope"] == "vault"
+    assert role["properties"]["principalId"] == "functionPrincipalId"
+    definition = function(role["properties"]["roleDefinitionId"], "subscription_resource_id")["parameters"]
+    assert definition["resource_name_1"] == "secretsUserRoleId"
+    assert variable("app/keyvault.bicep", "secretsUserRoleId") == KEY_VAULT_SECRETS_USER_ROLE_ID
+
+
+def test_no_app_setting_is_a_key_vault_reference() -> None:
+    """Client keys are no longer GATEWAY_KEY_* = @Microsoft.KeyVault(...) settings, which only a restart refreshes."""
+    settings = _settings_set_by_function_module()
+    assert not [name for name in settings if name.startswith("GATEWAY_KEY_")]
+    references = [
+        value
+        for value in walk(list(settings.values()))
+        if isinstance(value, str) and "@microsoft.keyvault(" in value.lower()
+    ]
+    assert not references, f"Key Vault reference app settings: {references}"
+    # Nothing left to resolve them, and nothing in the Function module (or anywhere in infra) builds one.
+    assert "keyVaultReferenceIdentity" not in _site()["properties"]
+    for path in BICEP_FILES:
+        assert "@microsoft.keyvault(" not in path.read_text().lower(), f"{path.name} builds a Key Vault reference"
+    assert "gatewayClientEntries" not in tree("app/function.bicep").get("parameters", {})
+    assert "gatewayClientEntries" not in module("main.bicep", "functionApp")["config"]["params"]
 
 
 def test_app_setting_values() -> None:
-    literal, _ = _settings_set_by_function_module()
+    literal = _settings_set_by_function_module()
     assert literal["PYTHON_ENABLE_INIT_INDEXING"] == "1"
     assert literal["GATEWAY_CONFIG"] == "gatewayConfigJson"
     assert render(literal["GATEWAY_TABLE_ENDPOINT"]) == "storage.properties.primaryEndpoints.table"
@@ -473,7 +502,7 @@ def test_gateway_config_json_shape() -> None:
 
     config_outputs = tree("app/gateway-config.bicep")["outputs"]
     assert config_outputs["clients"]["value"] == "clientEntries"
-    assert set(unwrap(variable("app/gateway-config.bicep", "clientEntries"))) == {"name", "key_setting"}
+    assert set(unwrap(variable("app/gateway-config.bicep", "clientEntries"))) == {"name", "key_secrets"}
     # One '"<logical>": [hosts]' entry per distinct logical name, from one group module each.
     entries = config_outputs["deploymentEntries"]["value"]
     assert entries["loop_type"]["detail"]["array_name"] == "logicalNames"
@@ -506,7 +535,14 @@ def test_generated_config_shape_is_accepted_by_the_gateway_config_loader() -> No
         "weight": 1,
         "auth": {"type": "entra"},
     }
-    example_client = {"name": "app-a", "key_setting": "GATEWAY_KEY_APP_A"}
+    # The client entry main.bicep builds for gatewayClients = ['app-a'] (its templates filled in).
+    entries = variable("main.bicep", "gatewayClientEntries")
+    item = entries["loop_type"]["detail"]["item_name"]
+    example_client = {
+        "name": "app-a",
+        "key_secrets": [name.replace(f"${{{item}}}", "app-a") for name in entries["config"]["key_secrets"]],
+    }
+    assert example_client["key_secrets"] == ["gateway-key-app-a", "gateway-key-app-a-next"]
     host_keys = unwrap(variable("app/gateway-config-group.bicep", "hosts"))
     client_keys = unwrap(variable("app/gateway-config.bicep", "clientEntries"))
     document = {
@@ -515,12 +551,16 @@ def test_generated_config_shape_is_accepted_by_the_gateway_config_loader() -> No
     }
     env = {
         "GATEWAY_CONFIG": json.dumps(document),
-        "GATEWAY_KEY_APP_A": "a-client-key",
+        "GATEWAY_KEYVAULT_URI": "https://kv-example.vault.azure.net/",
         "GATEWAY_CREDENTIAL": "managed-identity",
     }
     settings = config.load_settings(env)
     assert [host.name for host in settings.cluster.all_hosts()] == ["eastus"]
     assert [client.name for client in settings.clients] == ["app-a"]
+    # No key from app settings: both keys come from Key Vault, re-read while the app runs.
+    assert settings.clients[0].keys == ()
+    assert settings.clients[0].key_secrets == ("gateway-key-app-a", "gateway-key-app-a-next")
+    assert not settings.warnings
 
 
 # --------------------------------------------------------------------------------------------------
