@@ -5,8 +5,8 @@ minutes per load on 30x compressed time) at 70% and 130% of the aggregate TPM, t
 
 - gateway: the dev host (dev.stack.Stack), one endpoint;
 - round-robin: the client rotates over the three regions itself (an L7 round-robin without key problems);
-- LiteLLM: its Router in-process (`await router.acompletion(...)`), simple-shuffle and usage-based-routing-v2,
-  when LiteLLM is installed (benchmarks/requirements.txt, in a venv of its own).
+- LiteLLM: its Router in-process (`await router.acompletion(...)`): simple-shuffle without and with tpm/rpm per
+  deployment, and usage-based-routing-v2, when LiteLLM is installed (benchmarks/requirements.txt, own venv).
 
 Every contender gets the same open-loop schedule (requests start on time whatever the answers do) and answers
 from the same regions, reset before each run. Stdout gets the tables, stderr the progress.
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dev import load
-from dev.stack import CHAT, STATIC_TOKEN, Stack
+from dev.stack import CHAT, DEFAULT_REGIONS, STATIC_TOKEN, Stack
 
 TIME_SCALE = 30.0
 MAX_TOKENS = 400
@@ -56,6 +56,7 @@ class Run:
     upstream: int = 0
     upstream_429: int = 0
     start_lag_ms: float = 0.0  # how late the driver started its latest request: is the schedule honest?
+    last_answer: float = 0.0  # simulated seconds from the first request to the last answer (retries spill over)
 
     @property
     def other(self) -> int:
@@ -110,6 +111,7 @@ async def drive(send: Send, *, rate: float, duration: float) -> Run:
         tasks.append(asyncio.create_task(_one(send, i, run)))
         run.sent += 1
     await asyncio.gather(*tasks)
+    run.last_answer = (time.monotonic() - started) * TIME_SCALE
     return run
 
 
@@ -225,24 +227,21 @@ def _scaled_sleep(real: Callable[[Any, float], Awaitable[None]]) -> Callable[[An
     return sleep
 
 
-def litellm_router(litellm: Any, clock: SimulatedTime, strategy: str) -> Contender:
+def litellm_router(litellm: Any, clock: SimulatedTime, strategy: str, *, limits: bool = True) -> Contender:
     def make(stack: Stack) -> Send:
-        model_list = [
-            {
-                "model_name": CHAT,
-                "litellm_params": {
-                    "model": f"azure/{r.physical}",
-                    "api_base": stack.region_urls[r.name],
-                    "api_key": "any",  # the simulated regions accept any api-key
-                    "api_version": API_VERSION,
-                    "base_model": "azure/gpt-4o",  # else every request logs "Could not identify azure model"
-                    # Simple-shuffle weights deployments by these; usage-based routing keeps under them.
-                    "tpm": r.tpm,
-                    "rpm": r.tpm * 6 // 1000,  # Azure's default ratio, as the simulator enforces
-                },
+        model_list: list[dict[str, Any]] = []
+        for r in stack.regions:
+            params: dict[str, Any] = {
+                "model": f"azure/{r.physical}",
+                "api_base": stack.region_urls[r.name],
+                "api_key": "any",  # the simulated regions accept any api-key
+                "api_version": API_VERSION,
+                "base_model": "azure/gpt-4o",  # else every request logs "Could not identify azure model"
             }
-            for r in stack.regions
-        ]
+            if limits:
+                # Simple-shuffle weights deployments by these; usage-based routing keeps under them.
+                params |= {"tpm": r.tpm, "rpm": r.tpm * 6 // 1000}  # Azure's default RPM, as the simulator's
+            model_list.append({"model_name": CHAT, "litellm_params": params})
         router = litellm.Router(
             model_list=model_list,
             routing_strategy=strategy,
@@ -258,16 +257,26 @@ def litellm_router(litellm: Any, clock: SimulatedTime, strategy: str) -> Contend
 
         return send
 
+    if limits:
+        notes = ["tpm and rpm set per deployment to the region's quota"]
+    else:
+        notes = ["no tpm/rpm per deployment: an even shuffle"]
+    name = f"LiteLLM {litellm_version()} Router, {strategy}" + ("" if limits else " without tpm/rpm")
+    return Contender(name, make, notes)
+
+
+def litellm_settings(litellm: Any, clock: SimulatedTime) -> str:
     defaults = litellm.constants
-    notes = [
-        f"in-process, num_retries {defaults.DEFAULT_MAX_RETRIES} (default), tpm/rpm per deployment = the region's"
-        " quota; a deployment answering 429 cools down for its Retry-After (else"
-        f" {defaults.DEFAULT_COOLDOWN_TIME_SECONDS} s, the default); cooldowns, retry backoffs and minute buckets"
-        " run on the simulated clock",
+    lines = [
+        f"LiteLLM {litellm_version()}: litellm.Router in the load's process, three azure/ deployments of one"
+        f" model_name, num_retries {defaults.DEFAULT_MAX_RETRIES} (default). A deployment answering 429 cools"
+        f" down for its Retry-After (else {defaults.DEFAULT_COOLDOWN_TIME_SECONDS} s, the default).",
+        "Its cooldowns, retry backoffs and usage minutes run on the simulated clock (patched in: its own run on"
+        " the wall clock, 30x too long here); usage minutes start on the run's whole minutes.",
     ]
     if clock.missing:
-        notes.append(f"NOT on the simulated clock (not found in this LiteLLM): {', '.join(clock.missing)}")
-    return Contender(f"LiteLLM {litellm_version()} Router, {strategy}", make, notes)
+        lines.append(f"NOT on the simulated clock (not found in this LiteLLM): {', '.join(clock.missing)}")
+    return "\n".join(lines)
 
 
 def litellm_version() -> str:
@@ -280,8 +289,9 @@ def litellm_version() -> str:
 
 
 async def measure(stack: Stack, contender: Contender, fraction: float, duration: float) -> Run:
-    # Warm up connections and lazy imports on a throwaway client, wait out a window so that client-side
-    # windows (the gateway's) are empty, then empty the regions' windows and counters.
+    # Warm up connections and lazy imports on a throwaway client (on empty regions: the previous run filled
+    # them), wait out a window so that client-side windows (the gateway's) are empty, then empty the regions'.
+    stack.reset_regions()
     warm = contender.make(stack)
     for i in range(len(stack.regions)):
         try:
@@ -306,14 +316,15 @@ async def measure(stack: Stack, contender: Contender, fraction: float, duration:
 def table(contender: Contender, runs: dict[float, Run], capacity: int) -> str:
     header = (
         f"{'load':<6}{'sent':>6}{'200':>6}{'429':>6}{'other':>7}{'up 429':>8}{'up/req':>8}"
-        f"{'served':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'served':>9}{'last s':>8}{'p50 ms':>9}{'p99 ms':>9}"
     )
     lines = [contender.name, header]
     for fraction, run in runs.items():
         lines.append(
             f"{fraction:<6.0%}{run.sent:>6}{run.statuses['200']:>6}{run.statuses['429']:>6}{run.other:>7}"
             f"{run.upstream_429:>8}{run.upstream / max(1, run.sent):>8.2f}{run.tokens / capacity:>9.1%}"
-            f"{percentile(run.latencies_ms, 0.5):>9.0f}{percentile(run.latencies_ms, 0.99):>9.0f}"
+            f"{run.last_answer:>8.0f}{percentile(run.latencies_ms, 0.5):>9.0f}"
+            f"{percentile(run.latencies_ms, 0.99):>9.0f}"
         )
     others = Counter[str]()
     for run in runs.values():
@@ -351,35 +362,40 @@ def main() -> None:
     ]
     litellm = import_litellm()
     if litellm is None:
-        skipped = (
+        footer = (
             "LiteLLM is not installed: its contenders were skipped. To include them, in a venv of their own:\n"
             "  python3 -m venv .venv-bench && .venv-bench/bin/pip install -r benchmarks/requirements.txt\n"
             "  .venv-bench/bin/python -m benchmarks.compare"
         )
+        print(footer, file=sys.stderr, flush=True)
     else:
-        skipped = ""
         litellm.suppress_debug_info = True
         clock = SimulatedTime()
-        contenders += [litellm_router(litellm, clock, s) for s in ("simple-shuffle", "usage-based-routing-v2")]
+        contenders += [
+            litellm_router(litellm, clock, "simple-shuffle", limits=False),
+            litellm_router(litellm, clock, "simple-shuffle"),
+            litellm_router(litellm, clock, "usage-based-routing-v2"),
+        ]
+        footer = litellm_settings(litellm, clock)
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as workdir:
         results = asyncio.run(compare(Path(workdir), contenders, args.minutes))
     print(f"done in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
 
-    regions = Stack(Path(".")).regions
-    capacity = int(sum(r.tpm for r in regions) * args.minutes)
+    capacity = int(sum(r.tpm for r in DEFAULT_REGIONS) * args.minutes)
     print(
-        f"Regions {' / '.join(f'{r.name} {r.tpm // 1000}k' for r in regions)} TPM, {args.minutes:g} simulated minutes"
-        f" per load at {TIME_SCALE:g}x time, {load.request_cost(MAX_TOKENS)}-token requests (max_tokens"
-        f" {MAX_TOKENS}), open loop. served = tokens answered / {capacity} quota tokens; up/req = requests reaching"
-        " a region per client request; latency of 200s, real ms."
+        f"Regions {' / '.join(f'{r.name} {r.tpm // 1000}k' for r in DEFAULT_REGIONS)} TPM; {args.minutes:g} simulated"
+        f" minutes per load at {TIME_SCALE:g}x time; open loop; {load.request_cost(MAX_TOKENS)}-token requests"
+        f" (max_tokens {MAX_TOKENS}).\n"
+        "429 and other: what clients saw; up 429: regions' 429s; up/req: requests reaching a region per client"
+        f" request;\nserved: tokens answered / {capacity} quota tokens; last s: simulated seconds to the last"
+        " answer; p50/p99: latency of the 200s, real ms."
     )
     for contender in contenders:
         print()
         print(table(contender, results[contender.name], capacity))
-    if skipped:
-        print()
-        print(skipped)
+    print()
+    print(footer)
 
 
 if __name__ == "__main__":
