@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 from starlette.datastructures import Headers
 
-from shared.affinity import MemoryAffinityStore, response_key, valid_id
+from shared.affinity import MemoryAffinityStore, object_key, valid_id
 from shared.auth import Authenticator
 from shared.clock import ManualClock
 from shared.cluster import Cluster, Host, HostAuth
@@ -404,7 +404,7 @@ def test_upstream_url_and_headers_are_the_gateways_whatever_the_client_sends(
     headers = [*creds, ("content-type", "application/json"), *extra]
 
     async def scenario() -> Outgoing:
-        await rig.affinity.put(response_key(KNOWN_RESPONSE), EAST.key, 3600)
+        await rig.affinity.put(object_key("response", KNOWN_RESPONSE), EAST.key, 3600)
         payload = b"" if method in ("GET", "DELETE") else body(model=v1_model)
         return await call(rig, path, headers, payload, query, method=method)
 
@@ -724,3 +724,48 @@ async def test_a_credential_in_the_query_and_long_header_values_stay_here() -> N
     (sent,) = rig.session.sent
     assert CLIENT_KEY not in sent.url and "api-version=" in sent.url
     assert "user-agent" not in {k.lower() for k in sent.headers}
+
+
+# --- stateful objects: files go home ------------------------------------------------------------------------------
+
+MULTIPART = [("api-key", CLIENT_KEY), ("content-type", "multipart/form-data; boundary=b")]
+UPLOAD = b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--b--\r\n'
+
+
+def stored_file(sent: Sent) -> FakeResponse:
+    file = {"id": f"file-{sent.host.name}", "object": "file", "bytes": 3, "status": "processed"}
+    return FakeResponse(200, {"x-ms-region": sent.host.name}, json.dumps(file).encode())
+
+
+async def test_an_upload_goes_to_one_resource_untouched_and_its_file_is_recorded() -> None:
+    rig = make_rig(stored_file)
+    rig.health.cool_down(EAST.key, 30, "429 (quota)")  # the balancer's choice, with no deployment to go by
+    outgoing = await call(rig, "/openai/files", MULTIPART, UPLOAD)
+    assert outgoing.status == 200
+    (sent,) = rig.session.sent
+    assert sent.url == f"{WEST.endpoint}/openai/files?api-version={API_VERSION}"
+    assert sent.data == UPLOAD and sent.headers["content-type"] == MULTIPART[1][1]
+    assert await rig.affinity.get("file:file-westus") == WEST.key
+    assert rig.headroom(WEST)[0] == WEST.tpm  # no tokens charged
+
+
+async def test_a_request_naming_a_file_goes_home_or_nowhere() -> None:
+    rig = make_rig(stored_file)
+    await rig.affinity.put(object_key("file", "file-uk"), UK.key, 3600)
+    for method, path in [("GET", "/openai/files/file-uk"), ("GET", "/openai/files/file-uk/content")]:
+        outgoing = await call(rig, path, payload=b"", method=method)
+        assert outgoing.status == 200 and outgoing.headers[BACKEND_HEADER] == "uksouth"
+        assert rig.session.sent[-1].url == f"{UK.endpoint}{path}?api-version={API_VERSION}"
+    sent = len(rig.session.sent)
+    unknown = await call(rig, "/openai/files/file-nope", payload=b"", method="DELETE")
+    assert unknown.status == 404
+    assert error_of(unknown) == {
+        "code": "not_found",
+        "message": "No file found with id 'file-nope'.",
+        "type": "invalid_request_error",
+    }
+    rig.health.eject(UK.key, "probe failed", 60)
+    down = await call(rig, "/openai/files/file-uk", payload=b"", method="GET")
+    assert down.status == 503 and error_of(down)["code"] == "RegionUnavailable"
+    assert "file 'file-uk' lives in region uksouth" in error_of(down)["message"]
+    assert len(rig.session.sent) == sent  # neither went anywhere
