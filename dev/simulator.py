@@ -211,6 +211,7 @@ class SimRegion:
         # Stateful objects live in the region that created them, as in Azure: another region answers 404.
         self._responses: dict[str, Json] = {}
         self._files: dict[str, tuple[Json, bytes]] = {}
+        self._batches: dict[str, Json] = {}
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._host = "127.0.0.1"
@@ -301,6 +302,10 @@ class SimRegion:
             app.router.add_get(f"{prefix}/files/{{file_id}}", self._stateful(self._get_file))
             app.router.add_delete(f"{prefix}/files/{{file_id}}", self._stateful(self._delete_file))
             app.router.add_get(f"{prefix}/files/{{file_id}}/content", self._stateful(self._file_content))
+            app.router.add_post(f"{prefix}/batches", self._stateful(self._create_batch))
+            app.router.add_get(f"{prefix}/batches", self._stateful(self._list_batches))
+            app.router.add_get(f"{prefix}/batches/{{batch_id}}", self._stateful(self._get_batch))
+            app.router.add_post(f"{prefix}/batches/{{batch_id}}/cancel", self._stateful(self._cancel_batch))
         app.router.add_get("/openai/models", self._models)
         app.router.add_get("/openai/v1/models", self._models)
         app.router.add_get("/_sim/stats", self._get_stats)
@@ -523,6 +528,52 @@ class SimRegion:
         if stored is None:
             raise AzureError(404, "not_found", f"File with id {file_id!r} was not found.")
         return stored
+
+    async def _create_batch(self, request: web.Request) -> web.StreamResponse:
+        """A batch reads its input file where it is created: a file stored in another region is a 404."""
+        body = await _json_body(request)
+        for name in ("input_file_id", "endpoint", "completion_window"):
+            if not isinstance(body.get(name), str):
+                raise bad_request(f"Missing required parameter: {name!r}.")
+        if body["input_file_id"] not in self._files:
+            raise AzureError(404, "not_found", f"File with id {body['input_file_id']!r} was not found.")
+        created = int(time.time())
+        batch = {
+            "id": f"batch_{uuid.uuid4()}",
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "errors": None,
+            "input_file_id": body["input_file_id"],
+            "completion_window": body["completion_window"],
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": created,
+            "expires_at": created + 24 * 3600,
+            "cancelling_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": body.get("metadata"),
+        }
+        self._batches[batch["id"]] = batch
+        return web.json_response(batch)
+
+    async def _list_batches(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(_page(request, list(self._batches.values()), default_limit=20))
+
+    async def _get_batch(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self._stored_batch(request))
+
+    async def _cancel_batch(self, request: web.Request) -> web.StreamResponse:
+        batch = self._stored_batch(request)
+        batch.update(status="cancelling", cancelling_at=int(time.time()))
+        return web.json_response(batch)
+
+    def _stored_batch(self, request: web.Request) -> Json:
+        batch_id = request.match_info["batch_id"]
+        batch = self._batches.get(batch_id)
+        if batch is None:
+            raise AzureError(404, "not_found", f"Batch with id {batch_id!r} was not found.")
+        return batch
 
     async def _models(self, request: web.Request) -> web.Response:
         """The health probe's target: authenticated, free, never rate limited."""

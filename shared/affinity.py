@@ -1,6 +1,6 @@
 """Affinity: which host owns a stateful object, so that requests naming it go home.
 
-A Response or a file exists only in the Azure OpenAI resource that created it; a conversation opted
+A Response, a file or a batch exists only in the Azure OpenAI resource that created it; a conversation opted
 into stickiness (x-session-id) prefers the host it started on. All are records "kind:id" -> host key
 with an expiry matching the object's life. In memory for a single instance; in Table Storage when several
 instances share the traffic, with reads cached (a record changes only when a session moves).
@@ -27,8 +27,8 @@ from shared.storage import ensure_table, safe_key
 log = logging.getLogger("gateway")
 
 _DAY = 24 * 3600.0
-# How long each kind of object lives: Azure keeps stored responses for 30 days; files until deleted.
-OBJECT_TTL = {"response": 30 * _DAY, "file": 365 * _DAY}
+# How long each kind of object lives: Azure keeps stored responses for 30 days; files and batches until deleted.
+OBJECT_TTL = {"response": 30 * _DAY, "file": 365 * _DAY, "batch": 365 * _DAY}
 SESSION_TTL = 3600.0
 SESSION_HEADER = "x-session-id"
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -80,7 +80,21 @@ def named_object(route: Route, body: Mapping[str, Any] | None) -> tuple[str, str
     if route.operation == "responses":
         previous = referenced_id(body, "previous_response_id")
         return None if previous is None else ("response", previous)
+    if route.operation == "batches" and route.creates:
+        # A batch reads its input file where it runs, so it is created in the file's region.
+        input_file = referenced_id(body, "input_file_id")
+        if input_file is None:
+            raise GatewayError(400, "missing_input_file_id", "A batch needs a JSON body with 'input_file_id'.")
+        return "file", input_file
     return None
+
+
+def batch_output_files(payload: Any) -> list[str]:
+    """The files a batch wrote (results, errors): they live in the batch's region."""
+    if not isinstance(payload, dict) or payload.get("object") != "batch":
+        return []
+    ids = (payload.get("output_file_id"), payload.get("error_file_id"))
+    return [i for i in ids if isinstance(i, str) and valid_id(i)]
 
 
 def created_object(payload: Any) -> tuple[str, str] | None:

@@ -239,14 +239,25 @@ class Proxy:
         if plan.session_owner is not None:
             log.info("session %s moved from %s to %s", plan.session, plan.session_owner, host.key)
 
-    async def _record_created(self, payload: Any, host: Host) -> bool:
-        """Remember where a new object lives; True once recorded."""
-        created = affinity.created_object(payload)
+    async def _record_created(self, payload: Any, host: Host, *, new: bool = True) -> bool:
+        """Remember where a new object (and any file a batch wrote) lives; True once a new object is recorded."""
+        for file_id in affinity.batch_output_files(payload):
+            await self._record_once(affinity.object_key("file", file_id), host)
+        created = affinity.created_object(payload) if new else None
         if created is None:
             return False
         kind, object_id = created
         await self._affinity.put(affinity.object_key(kind, object_id), host.key, affinity.OBJECT_TTL[kind])
         return True
+
+    async def _record_once(self, key: str, host: Host) -> None:
+        # A finished batch is read again and again: write its output files' records only the first time.
+        try:
+            if await self._affinity.get(key) is not None:
+                return
+        except AffinityUnavailable:
+            pass
+        await self._affinity.put(key, host.key, affinity.OBJECT_TTL["file"])
 
     async def _choose(self, plan: _Plan, cost: int, attempts: _Attempts, start: float, deadline: float) -> Host:
         """The session's host while it is eligible; else pick, or wait (within the budget) for one to recover."""
@@ -424,8 +435,8 @@ class Proxy:
         self._health.record_success(host.key)
         if status < 300:
             self._ledger.settle(reservation, usage.usage_from_json(content))
-            if creates:
-                await self._record_created(_json_or_none(content), host)
+            if creates or route.kind == "batch":
+                await self._record_created(_json_or_none(content), host, new=creates)
         else:
             self._ledger.release(reservation)  # a 4xx from the model (bad parameter, content filter): not run
         return Outgoing(status, headers, body=content)

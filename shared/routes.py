@@ -34,11 +34,14 @@ _OBJECT_PATHS: dict[tuple[str, bool, str | None], tuple[str, ...]] = {
     ("files", False, None): ("POST",),
     ("files", True, None): ("GET", "DELETE"),
     ("files", True, "content"): ("GET",),
+    ("batches", False, None): ("POST",),
+    ("batches", True, None): ("GET",),
+    ("batches", True, "cancel"): ("POST",),
 }
 # The affinity kind of each collection's objects (see shared/affinity.py).
-OBJECT_KINDS = {"responses": "response", "files": "file"}
+OBJECT_KINDS = {"responses": "response", "files": "file", "batches": "batch"}
 # Files and batches also live on the classic surface (/openai/files?api-version=...); Responses only on v1.
-_CLASSIC_COLLECTIONS = frozenset({"files"})
+_CLASSIC_COLLECTIONS = frozenset({"files", "batches"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _OBJECT_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _DEPLOYMENTS = "/openai/deployments/"

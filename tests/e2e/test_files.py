@@ -12,8 +12,9 @@ import openai
 import pytest
 from openai import AzureOpenAI
 
-from dev.stack import RegionSpec, Stack
+from dev.stack import CHAT, RegionSpec, Stack
 from tests.e2e.conftest import TIME_SCALE
+from tests.e2e.test_affinity import fill, free_fractions
 
 REGIONS = (RegionSpec("eastus", 60_000), RegionSpec("westus", 90_000), RegionSpec("uksouth", 120_000))
 API_VERSION = "2024-10-21"
@@ -56,6 +57,45 @@ def test_a_file_is_read_from_the_region_that_holds_it(stack: Stack) -> None:
     assert deleted.headers["x-gateway-backend"] == home and deleted.parse().deleted
     with pytest.raises(openai.NotFoundError):  # home's own 404: it no longer exists
         client.files.retrieve(file_id)
+
+
+def test_a_batch_goes_to_its_files_region_even_when_that_is_the_most_loaded(stack: Stack) -> None:
+    client = gateway(stack)
+    file_id, home = upload(client)
+    others = [r.name for r in REGIONS if r.name != home]
+    with pytest.raises(openai.NotFoundError):  # without affinity: another region cannot read the input file
+        direct(stack, others[0]).batches.create(
+            input_file_id=file_id, endpoint="/chat/completions", completion_window="24h"
+        )
+    make_most_loaded(stack, client, home)
+    batches = []
+    for _ in range(3):
+        raw = client.batches.with_raw_response.create(
+            input_file_id=file_id, endpoint="/chat/completions", completion_window="24h"
+        )
+        assert raw.headers["x-gateway-backend"] == home and raw.headers["x-ms-region"] == home
+        batches.append(raw.parse())
+    assert {b.input_file_id for b in batches} == {file_id} and {b.status for b in batches} == {"validating"}
+    fetched = client.batches.with_raw_response.retrieve(batches[0].id)
+    assert fetched.headers["x-gateway-backend"] == home and fetched.parse().id == batches[0].id
+    cancelled = client.batches.with_raw_response.cancel(batches[1].id)
+    assert cancelled.headers["x-gateway-backend"] == home and cancelled.parse().status == "cancelling"
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.batches.retrieve("batch_unknown")
+    assert caught.value.body["message"] == "No batch found with id 'batch_unknown'."  # type: ignore[index]
+
+
+def make_most_loaded(stack: Stack, client: AzureOpenAI, region: str) -> None:
+    """Spend most of a region's window behind the gateway's back, then let the gateway learn it from an answer."""
+    fill(stack, region, leave=next(r.tpm for r in REGIONS if r.name == region) // 10)
+    for _ in range(30):
+        raw = client.chat.completions.with_raw_response.create(
+            model=CHAT, messages=[{"role": "user", "content": "x"}], max_tokens=1
+        )
+        if raw.headers["x-gateway-backend"] == region:
+            break
+    fractions = free_fractions(stack)
+    assert min(fractions, key=fractions.__getitem__) == region, fractions
 
 
 def test_an_unknown_file_is_404_in_openai_shape(stack: Stack) -> None:

@@ -11,6 +11,7 @@ from shared.affinity import (
     AffinityUnavailable,
     MemoryAffinityStore,
     TableAffinityStore,
+    batch_output_files,
     created_object,
     named_object,
     object_key,
@@ -75,7 +76,22 @@ def test_the_object_a_request_goes_home_to() -> None:
     assert named_object(match("POST", "/openai/v1/responses"), continued) == ("response", "resp_0")
     assert named_object(match("POST", "/openai/v1/responses"), {"model": "gpt-4o"}) is None
     assert named_object(match("POST", "/openai/files"), None) is None
+    batch = {"input_file_id": "file-1", "endpoint": "/chat/completions", "completion_window": "24h"}
+    assert named_object(match("POST", "/openai/batches"), batch) == ("file", "file-1")  # a batch follows its file
+    assert named_object(match("POST", "/openai/batches/batch_1/cancel"), None) == ("batch", "batch_1")
+    for bad in (None, {"endpoint": "/chat/completions"}, {"input_file_id": "../x"}):
+        with pytest.raises(GatewayError) as caught:
+            named_object(match("POST", "/openai/batches"), bad)
+        assert caught.value.status == 400
     assert named_object(match("POST", "/openai/deployments/gpt-4o/chat/completions"), continued) is None
+
+
+def test_the_files_a_batch_wrote() -> None:
+    done = {"id": "batch_1", "object": "batch", "output_file_id": "file-out", "error_file_id": "file-err"}
+    assert batch_output_files(done) == ["file-out", "file-err"]
+    assert batch_output_files({**done, "error_file_id": None, "output_file_id": "../x"}) == []
+    assert batch_output_files({**done, "object": "file"}) == []
+    assert batch_output_files(None) == []
 
 
 def test_created_object_from_a_body_or_a_stream_event() -> None:
@@ -83,6 +99,7 @@ def test_created_object_from_a_body_or_a_stream_event() -> None:
     assert created_object(body) == ("response", "resp_abc")
     assert created_object({"type": "response.created", "response": body}) == ("response", "resp_abc")
     assert created_object({"id": "file-1", "object": "file", "bytes": 3}) == ("file", "file-1")
+    assert created_object({"id": "batch_1", "object": "batch", "status": "validating"}) == ("batch", "batch_1")
     assert created_object({"type": "response.output_text.delta", "delta": "x"}) is None
     assert created_object({"id": "chatcmpl-1", "object": "chat.completion"}) is None
     assert created_object({"id": "../x", "object": "response"}) is None

@@ -769,3 +769,25 @@ async def test_a_request_naming_a_file_goes_home_or_nowhere() -> None:
     assert down.status == 503 and error_of(down)["code"] == "RegionUnavailable"
     assert "file 'file-uk' lives in region uksouth" in error_of(down)["message"]
     assert len(rig.session.sent) == sent  # neither went anywhere
+
+
+def batch_answer(sent: Sent) -> FakeResponse:
+    batch = {"id": "batch_1", "object": "batch", "status": "completed", "output_file_id": "file-out"}
+    return FakeResponse(200, {}, json.dumps(batch).encode())
+
+
+async def test_a_batch_follows_its_input_file_and_its_output_files_are_recorded() -> None:
+    rig = make_rig(batch_answer)
+    await rig.affinity.put(object_key("file", "file-in"), WEST.key, 3600)
+    rig.ledger.reserve(WEST.key, WEST.tpm - 10, "other")  # the busiest host: plain balancing would avoid it
+    payload = json.dumps({"input_file_id": "file-in", "endpoint": "/chat/completions", "completion_window": "24h"})
+    created = await call(rig, "/openai/batches", payload=payload.encode())
+    assert created.status == 200 and created.headers[BACKEND_HEADER] == "westus"
+    assert rig.session.sent[-1].data == payload.encode()  # no model is added to a batch
+    assert await rig.affinity.get("batch:batch_1") == WEST.key
+    assert await rig.affinity.get("file:file-out") == WEST.key
+    for method, path in [("GET", "/openai/batches/batch_1"), ("POST", "/openai/batches/batch_1/cancel")]:
+        outgoing = await call(rig, path, payload=b"", method=method)
+        assert outgoing.status == 200 and rig.session.sent[-1].host == WEST
+    unknown = await call(rig, "/openai/batches", payload=payload.replace("file-in", "file-x").encode())
+    assert unknown.status == 404 and error_of(unknown)["message"] == "No file found with id 'file-x'."

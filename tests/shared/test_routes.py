@@ -102,6 +102,21 @@ def test_files_on_both_surfaces(prefix: str) -> None:
     assert status_of("PUT", prefix + "files") == 405
 
 
+@pytest.mark.parametrize("prefix", ["/openai/", "/openai/v1/"])
+def test_batches_on_both_surfaces(prefix: str) -> None:
+    v1 = prefix == "/openai/v1/"
+    create = match("POST", prefix + "batches")
+    assert create == Route("batches", None, v1=v1) and create.creates and create.kind == "batch"
+    read = match("GET", prefix + "batches/batch_1")
+    assert read == Route("batches", None, v1=v1, object_id="batch_1", method="GET") and not read.creates
+    cancel = match("POST", prefix + "batches/batch_1/cancel")
+    assert cancel == Route("batches", None, v1=v1, object_id="batch_1", action="cancel") and not cancel.creates
+    assert cancel.upstream_path("ignored") == prefix + "batches/batch_1/cancel"
+    assert status_of("DELETE", prefix + "batches/batch_1") == 405
+    assert status_of("GET", prefix + "batches/batch_1/cancel") == 405
+    assert status_of("POST", prefix + "batches/batch_1/results") == 404
+
+
 @pytest.mark.parametrize(
     "path",
     [
