@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from shared import affinity, balancer, routes, usage
+from shared import affinity, balancer, listing, routes, usage
 from shared.affinity import AffinityStore, AffinityUnavailable
 from shared.auth import Authenticator, Caller
 from shared.balancer import Candidate
@@ -144,6 +144,8 @@ class Proxy:
         raw: bytes,
         body: dict[str, Any] | None,
     ) -> Outgoing:
+        if route.lists:
+            return await self._list(route, caller, query, headers)
         logical = route.deployment or (_model(body) if route.by_model else None)
         plan = await self._plan(route, logical, headers, body)
         cost = usage.estimate_cost(route.operation, body, self._routing.max_tokens_default(logical or ""))
@@ -169,6 +171,50 @@ class Proxy:
                     await self._move_session(plan, host)
                 return result
         raise self._exhausted(plan, cost, attempts)
+
+    async def _list(
+        self, route: routes.Route, caller: Caller, query: list[tuple[str, str]], headers: Mapping[str, str]
+    ) -> Outgoing:
+        """Ask every resource at once for its first page and merge them; all regions or none.
+
+        A list missing a region would look like lost files to the client, so a region that cannot answer
+        fails the whole list with a 503 that names it. Hosts cooling down are asked all the same: a list
+        costs no tokens, and only an answer tells whether the resource can give one.
+        """
+        limit = listing.page_limit(route.operation, query)
+        resources = self._resources()
+        deadline = self._clock.now() + self._routing.deadline_seconds
+        tries = {host.key: _Attempts() for host in resources}
+        answers = await asyncio.gather(
+            *(
+                self._attempt(route, caller, host, 0, query, headers, b"", False, deadline, tries[host.key])
+                for host in resources
+            ),
+            return_exceptions=True,
+        )
+        pages: list[Mapping[str, Any]] = []
+        failed: list[str] = []
+        for host, answer in zip(resources, answers, strict=True):
+            if isinstance(answer, BaseException) and not isinstance(answer, GatewayError):
+                raise answer
+            if isinstance(answer, Outgoing) and 400 <= answer.status < 500:
+                return answer  # the client's own mistake (say, a bad filter): every region would say the same
+            page = listing.parse_page(_json_or_none(answer.body)) if isinstance(answer, Outgoing) else None
+            if page is None:
+                failed.append(tries[host.key].failure or f"{host.name} did not answer with a list")
+            else:
+                pages.append(page)
+        if failed:
+            raise GatewayError(
+                503,
+                "RegionUnavailable",
+                f"Cannot list {route.operation} across regions: {'; '.join(failed)}. A partial list would look "
+                "as if objects were gone; retry after the time in Retry-After.",
+                retry_after=self._routing.default_cooldown_seconds,
+            )
+        merged = json.dumps(listing.merge(pages, limit)).encode()
+        names = ",".join(host.name for host in resources)
+        return Outgoing(200, {"content-type": "application/json", BACKEND_HEADER: names}, body=merged)
 
     async def _plan(
         self, route: routes.Route, logical: str | None, headers: Mapping[str, str], body: dict[str, Any] | None

@@ -31,10 +31,10 @@ DEPLOYMENT_OPERATIONS = OPERATIONS - {"responses"}
 # Responses are created by the "responses" operation above; files and batches by POST to their collection.
 _OBJECT_PATHS: dict[tuple[str, bool, str | None], tuple[str, ...]] = {
     ("responses", True, None): ("GET", "DELETE"),
-    ("files", False, None): ("POST",),
+    ("files", False, None): ("GET", "POST"),
     ("files", True, None): ("GET", "DELETE"),
     ("files", True, "content"): ("GET",),
-    ("batches", False, None): ("POST",),
+    ("batches", False, None): ("GET", "POST"),
     ("batches", True, None): ("GET",),
     ("batches", True, "cancel"): ("POST",),
 }
@@ -71,6 +71,11 @@ class Route:
     @property
     def creates(self) -> bool:
         return self.kind is not None and self.method == "POST" and self.object_id is None
+
+    @property
+    def lists(self) -> bool:
+        """GET /files, GET /batches: a list spanning every resource."""
+        return self.kind is not None and self.method == "GET" and self.object_id is None
 
     def upstream_path(self, physical: str) -> str:
         if self.deployment is not None:

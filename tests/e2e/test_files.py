@@ -122,3 +122,39 @@ def test_when_the_files_region_is_down_the_answer_is_503_naming_it(stack: Stack)
             assert f"file '{file_id}' lives in region {home}" in caught.value.body["message"]  # type: ignore[index]
     finally:
         stack.set_faults(home, down=False)
+
+
+def test_a_list_shows_the_files_of_every_region_newest_first(stack: Stack) -> None:
+    placed = {
+        r.name: direct(stack, r.name).files.create(file=("r.jsonl", b"{}\n"), purpose="batch").id for r in REGIONS
+    }
+    client = gateway(stack)
+    raw = client.files.with_raw_response.list()
+    assert raw.headers["x-gateway-backend"] == ",".join(r.name for r in REGIONS)
+    listed = raw.parse()
+    ids = [f.id for f in listed.data]
+    assert set(placed.values()) <= set(ids) and not listed.has_more
+    created = [f.created_at for f in listed.data]
+    assert created == sorted(created, reverse=True)
+    two = client.files.list(limit=2)
+    assert len(two.data) == 2 and two.has_more
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.files.list(after=ids[0])
+    assert "'after' is not supported" in caught.value.body["message"]  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):  # uploaded behind the gateway's back: it cannot know where
+        client.batches.create(input_file_id=placed["westus"], endpoint="/chat/completions", completion_window="24h")
+    batch = client.batches.create(
+        input_file_id=upload(client)[0], endpoint="/chat/completions", completion_window="24h"
+    )
+    assert batch.id in {b.id for b in client.batches.list(limit=100).data}
+
+
+def test_a_list_fails_whole_when_a_region_fails_naming_it(stack: Stack) -> None:
+    stack.set_faults("westus", error_500=True)
+    try:
+        with pytest.raises(openai.APIStatusError) as caught:
+            gateway(stack).files.list()
+    finally:
+        stack.set_faults("westus", error_500=False)
+    assert caught.value.status_code == 503 and caught.value.body["code"] == "RegionUnavailable"  # type: ignore[index]
+    assert "westus" in caught.value.body["message"] and "eastus" not in caught.value.body["message"]  # type: ignore[index]

@@ -791,3 +791,51 @@ async def test_a_batch_follows_its_input_file_and_its_output_files_are_recorded(
         assert outgoing.status == 200 and rig.session.sent[-1].host == WEST
     unknown = await call(rig, "/openai/batches", payload=payload.replace("file-in", "file-x").encode())
     assert unknown.status == 404 and error_of(unknown)["message"] == "No file found with id 'file-x'."
+
+
+# --- lists that span regions --------------------------------------------------------------------------------------
+
+
+def region_page(sent: Sent) -> FakeResponse:
+    age = {"eastus": 30, "westus": 20, "uksouth": 10}[sent.host.name]
+    data = [{"id": f"file-{sent.host.name}", "object": "file", "created_at": 1000 + age}]
+    return FakeResponse(200, {}, json.dumps({"object": "list", "data": data, "has_more": False}).encode())
+
+
+async def test_a_list_asks_every_resource_once_and_merges_newest_first() -> None:
+    rig = make_rig(region_page)
+    rig.health.cool_down(EAST.key, 30, "429 (quota)")  # a list costs no tokens: asked all the same
+    outgoing = await call(rig, "/openai/files", payload=b"", method="GET", query=[("api-version", API_VERSION)])
+    assert outgoing.status == 200 and outgoing.headers[BACKEND_HEADER] == "eastus,westus,uksouth"
+    assert sorted(s.url for s in rig.session.sent) == sorted(
+        f"{h.endpoint}/openai/files?api-version={API_VERSION}" for h in HOSTS
+    )
+    listed = json.loads(outgoing.body)
+    assert [f["id"] for f in listed["data"]] == ["file-eastus", "file-westus", "file-uksouth"]
+    limited = await call(rig, "/openai/v1/files", payload=b"", method="GET", query=[("limit", "2")])
+    assert [f["id"] for f in json.loads(limited.body)["data"]] == ["file-eastus", "file-westus"]
+    assert json.loads(limited.body)["has_more"]
+
+
+async def test_a_list_with_a_cursor_is_refused_before_any_region_is_asked() -> None:
+    rig = make_rig(region_page)
+    outgoing = await call(rig, "/openai/batches", payload=b"", method="GET", query=[("after", "batch_1")])
+    assert outgoing.status == 400 and "'after' is not supported" in error_of(outgoing)["message"]
+    assert rig.session.sent == []
+
+
+@pytest.mark.parametrize("failure", ["500", "down"])
+async def test_a_region_that_cannot_list_fails_the_whole_list_naming_it(failure: str) -> None:
+    answer: Answer = FakeResponse(500, {}, b"{}") if failure == "500" else aiohttp.ClientConnectionError("refused")
+    rig = make_rig(lambda sent: answer if sent.host == WEST else region_page(sent))
+    outgoing = await call(rig, "/openai/files", payload=b"", method="GET")
+    assert outgoing.status == 503 and int(outgoing.headers["retry-after"]) >= 1
+    error = error_of(outgoing)
+    assert error["code"] == "RegionUnavailable" and "westus" in error["message"]
+    assert "eastus" not in error["message"]
+
+
+async def test_a_clients_mistake_in_a_list_passes_through() -> None:
+    rig = make_rig(lambda sent: FakeResponse(400, {}, b'{"error": {"code": "invalid_purpose"}}'))
+    outgoing = await call(rig, "/openai/files", payload=b"", method="GET", query=[("purpose", "nope")])
+    assert outgoing.status == 400 and b"invalid_purpose" in outgoing.body

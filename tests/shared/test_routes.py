@@ -86,6 +86,8 @@ def test_objects_allow_get_and_delete_only() -> None:
 @pytest.mark.parametrize("prefix", ["/openai/", "/openai/v1/"])
 def test_files_on_both_surfaces(prefix: str) -> None:
     v1 = prefix == "/openai/v1/"
+    listed = match("GET", prefix + "files")
+    assert listed.lists and not listed.creates and listed.upstream_path("ignored") == prefix + "files"
     upload = match("POST", prefix + "files")
     assert upload == Route("files", None, v1=v1, method="POST")
     assert upload.creates and upload.kind == "file" and not upload.by_model
@@ -105,6 +107,7 @@ def test_files_on_both_surfaces(prefix: str) -> None:
 @pytest.mark.parametrize("prefix", ["/openai/", "/openai/v1/"])
 def test_batches_on_both_surfaces(prefix: str) -> None:
     v1 = prefix == "/openai/v1/"
+    assert match("GET", prefix + "batches").lists
     create = match("POST", prefix + "batches")
     assert create == Route("batches", None, v1=v1) and create.creates and create.kind == "batch"
     read = match("GET", prefix + "batches/batch_1")
@@ -238,7 +241,7 @@ def test_a_matched_path_is_always_a_safe_upstream_path(method: str, path: str) -
     except GatewayError as exc:
         assert exc.status in (404, 405)
         return
-    assert route.method == method and (method == "POST") == (route.object_id is None)
+    assert route.method == method and (method == "POST" or route.lists) == (route.object_id is None)
     upstream = route.upstream_path(route.deployment or "unused")
     assert _SAFE.match(upstream), upstream
     assert upstream == path  # nothing was rewritten: the client's path was already exactly a safe one
