@@ -210,6 +210,8 @@ class SimRegion:
         self._stats = {d.name: DeploymentStats() for d in deployments}
         # Stateful objects live in the region that created them, as in Azure: another region answers 404.
         self._responses: dict[str, Json] = {}
+        self._files: dict[str, tuple[Json, bytes]] = {}
+        self._batches: dict[str, Json] = {}
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._host = "127.0.0.1"
@@ -293,6 +295,17 @@ class SimRegion:
         app.router.add_post("/openai/v1/responses", self._route("responses"))
         app.router.add_get("/openai/v1/responses/{response_id}", self._get_response)
         app.router.add_delete("/openai/v1/responses/{response_id}", self._delete_response)
+        # Files are on both surfaces: AzureOpenAI(api_version=...) uses /openai/files?api-version=...
+        for prefix in ("/openai", "/openai/v1"):
+            app.router.add_post(f"{prefix}/files", self._stateful(self._upload_file))
+            app.router.add_get(f"{prefix}/files", self._stateful(self._list_files))
+            app.router.add_get(f"{prefix}/files/{{file_id}}", self._stateful(self._get_file))
+            app.router.add_delete(f"{prefix}/files/{{file_id}}", self._stateful(self._delete_file))
+            app.router.add_get(f"{prefix}/files/{{file_id}}/content", self._stateful(self._file_content))
+            app.router.add_post(f"{prefix}/batches", self._stateful(self._create_batch))
+            app.router.add_get(f"{prefix}/batches", self._stateful(self._list_batches))
+            app.router.add_get(f"{prefix}/batches/{{batch_id}}", self._stateful(self._get_batch))
+            app.router.add_post(f"{prefix}/batches/{{batch_id}}/cancel", self._stateful(self._cancel_batch))
         app.router.add_get("/openai/models", self._models)
         app.router.add_get("/openai/v1/models", self._models)
         app.router.add_get("/_sim/stats", self._get_stats)
@@ -461,6 +474,107 @@ class SimRegion:
             raise AzureError(404, "not_found", f"No response found with id {response_id!r}.")
         return response
 
+    def _stateful(self, handler: Handler) -> Handler:
+        """Files and batches: authenticated, api-version on the classic surface, and the 500 fault applies."""
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            try:
+                self._authorize(request)
+                if not request.path.startswith("/openai/v1/"):
+                    _api_version(request)
+                if self.faults.error_500:
+                    raise _server_error()
+                return await handler(request)
+            except AzureError as error:
+                return error.response()
+
+        return handle
+
+    async def _upload_file(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        purpose, upload = form.get("purpose"), form.get("file")
+        if not isinstance(purpose, str) or not isinstance(upload, web.FileField):
+            raise bad_request("A file upload needs the multipart fields 'purpose' and 'file'.")
+        content = upload.file.read()
+        file = {
+            "id": f"file-{uuid.uuid4().hex}",
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": upload.filename,
+            "purpose": purpose,
+            "status": "processed",
+        }
+        self._files[file["id"]] = (file, content)
+        return web.json_response(file)
+
+    async def _list_files(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(_page(request, [file for file, _ in self._files.values()], default_limit=10_000))
+
+    async def _get_file(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self._stored_file(request)[0])
+
+    async def _file_content(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=self._stored_file(request)[1], content_type="application/octet-stream")
+
+    async def _delete_file(self, request: web.Request) -> web.StreamResponse:
+        file_id = self._stored_file(request)[0]["id"]
+        del self._files[file_id]
+        return web.json_response({"id": file_id, "object": "file", "deleted": True})
+
+    def _stored_file(self, request: web.Request) -> tuple[Json, bytes]:
+        file_id = request.match_info["file_id"]
+        stored = self._files.get(file_id)
+        if stored is None:
+            raise AzureError(404, "not_found", f"File with id {file_id!r} was not found.")
+        return stored
+
+    async def _create_batch(self, request: web.Request) -> web.StreamResponse:
+        """A batch reads its input file where it is created: a file stored in another region is a 404."""
+        body = await _json_body(request)
+        for name in ("input_file_id", "endpoint", "completion_window"):
+            if not isinstance(body.get(name), str):
+                raise bad_request(f"Missing required parameter: {name!r}.")
+        if body["input_file_id"] not in self._files:
+            raise AzureError(404, "not_found", f"File with id {body['input_file_id']!r} was not found.")
+        created = int(time.time())
+        batch = {
+            "id": f"batch_{uuid.uuid4()}",
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "errors": None,
+            "input_file_id": body["input_file_id"],
+            "completion_window": body["completion_window"],
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": created,
+            "expires_at": created + 24 * 3600,
+            "cancelling_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": body.get("metadata"),
+        }
+        self._batches[batch["id"]] = batch
+        return web.json_response(batch)
+
+    async def _list_batches(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(_page(request, list(self._batches.values()), default_limit=20))
+
+    async def _get_batch(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self._stored_batch(request))
+
+    async def _cancel_batch(self, request: web.Request) -> web.StreamResponse:
+        batch = self._stored_batch(request)
+        batch.update(status="cancelling", cancelling_at=int(time.time()))
+        return web.json_response(batch)
+
+    def _stored_batch(self, request: web.Request) -> Json:
+        batch_id = request.match_info["batch_id"]
+        batch = self._batches.get(batch_id)
+        if batch is None:
+            raise AzureError(404, "not_found", f"Batch with id {batch_id!r} was not found.")
+        return batch
+
     async def _models(self, request: web.Request) -> web.Response:
         """The health probe's target: authenticated, free, never rate limited."""
         try:
@@ -524,6 +638,22 @@ def _api_version(request: web.Request) -> str:
             "The api-version query parameter (?api-version=) is required for all requests.",
         )
     return version
+
+
+def _page(request: web.Request, items: list[Json], *, default_limit: int) -> Json:
+    """One page of a list endpoint: newest first, `after` an id of the previous page, `limit` items."""
+    items = sorted(reversed(items), key=lambda item: int(item["created_at"]), reverse=True)  # stable: ties newest first
+    after = request.query.get("after")
+    if after is not None:
+        ids = [item["id"] for item in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    limit_text = request.query.get("limit", str(default_limit))
+    if not limit_text.isdigit() or int(limit_text) < 1:
+        raise bad_request(f"Invalid limit {limit_text!r}.")
+    limit = int(limit_text)
+    data = items[:limit]
+    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+    return {"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": len(items) > limit}
 
 
 async def _json_body(request: web.Request) -> Json:

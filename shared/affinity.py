@@ -1,8 +1,8 @@
 """Affinity: which host owns a stateful object, so that requests naming it go home.
 
-A Response exists only in the Azure OpenAI resource that created it; a conversation opted into
-stickiness (x-session-id) prefers the host it started on. Both are records key -> host key with an
-expiry matching the object's life. In memory for a single instance; in Table Storage when several
+A Response, a file or a batch exists only in the Azure OpenAI resource that created it; a conversation opted
+into stickiness (x-session-id) prefers the host it started on. All are records "kind:id" -> host key
+with an expiry matching the object's life. In memory for a single instance; in Table Storage when several
 instances share the traffic, with reads cached (a record changes only when a session moves).
 """
 
@@ -21,11 +21,14 @@ from azure.data.tables.aio import TableClient
 
 from shared.clock import Clock
 from shared.errors import GatewayError
+from shared.routes import Route
 from shared.storage import ensure_table, safe_key
 
 log = logging.getLogger("gateway")
 
-RESPONSE_TTL = 30 * 24 * 3600.0  # Azure keeps stored responses for 30 days
+_DAY = 24 * 3600.0
+# How long each kind of object lives: Azure keeps stored responses for 30 days; files and batches until deleted.
+OBJECT_TTL = {"response": 30 * _DAY, "file": 365 * _DAY, "batch": 365 * _DAY}
 SESSION_TTL = 3600.0
 SESSION_HEADER = "x-session-id"
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -45,9 +48,9 @@ def valid_id(value: str) -> bool:
     return bool(_ID.fullmatch(value))
 
 
-def response_key(response_id: str) -> str:
-    # Namespaced, so that no client-chosen session id can overwrite where a response lives.
-    return "response:" + response_id
+def object_key(kind: str, object_id: str) -> str:
+    # Namespaced, so that no client-chosen session id can overwrite where an object lives.
+    return f"{kind}:{object_id}"
 
 
 def session_key(headers: Mapping[str, str]) -> str | None:
@@ -60,27 +63,52 @@ def session_key(headers: Mapping[str, str]) -> str | None:
     return "session:" + session
 
 
-def previous_response_id(body: Mapping[str, Any] | None) -> str | None:
-    value = body.get("previous_response_id") if body else None
+def referenced_id(body: Mapping[str, Any] | None, field: str) -> str | None:
+    """An object id the body names (previous_response_id, input_file_id); a malformed one is the client's error."""
+    value = body.get(field) if body else None
     if value is None:
         return None
     if not isinstance(value, str) or not valid_id(value):
-        raise GatewayError(400, "invalid_previous_response_id", f"previous_response_id must match {_ID.pattern}.")
+        raise GatewayError(400, f"invalid_{field}", f"{field} must match {_ID.pattern}.")
     return value
 
 
-def created_response_id(payload: Any) -> str | None:
-    """The id of a Response a successful answer created: the JSON body, or a stream's response.created event."""
+def named_object(route: Route, body: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """(kind, id) of the object a request must go home to: the one its path names, or one its body continues."""
+    if route.kind is not None and route.object_id is not None:
+        return route.kind, route.object_id
+    if route.operation == "responses":
+        previous = referenced_id(body, "previous_response_id")
+        return None if previous is None else ("response", previous)
+    if route.operation == "batches" and route.creates:
+        # A batch reads its input file where it runs, so it is created in the file's region.
+        input_file = referenced_id(body, "input_file_id")
+        if input_file is None:
+            raise GatewayError(400, "missing_input_file_id", "A batch needs a JSON body with 'input_file_id'.")
+        return "file", input_file
+    return None
+
+
+def batch_output_files(payload: Any) -> list[str]:
+    """The files a batch wrote (results, errors): they live in the batch's region."""
+    if not isinstance(payload, dict) or payload.get("object") != "batch":
+        return []
+    ids = (payload.get("output_file_id"), payload.get("error_file_id"))
+    return [i for i in ids if isinstance(i, str) and valid_id(i)]
+
+
+def created_object(payload: Any) -> tuple[str, str] | None:
+    """(kind, id) of the object a successful answer created: the JSON body, or a stream's response.created event."""
     if not isinstance(payload, dict):
         return None
     if payload.get("type") == "response.created":
         payload = payload.get("response")
         if not isinstance(payload, dict):
             return None
-    response_id = payload.get("id")
-    if payload.get("object") != "response" or not isinstance(response_id, str) or not valid_id(response_id):
+    kind, object_id = payload.get("object"), payload.get("id")
+    if kind not in OBJECT_TTL or not isinstance(object_id, str) or not valid_id(object_id):
         return None
-    return response_id
+    return kind, object_id
 
 
 class MemoryAffinityStore:

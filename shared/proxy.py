@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from shared import affinity, balancer, routes, usage
+from shared import affinity, balancer, listing, routes, usage
 from shared.affinity import AffinityStore, AffinityUnavailable
 from shared.auth import Authenticator, Caller
 from shared.balancer import Candidate
@@ -70,7 +70,7 @@ class _Plan:
     """Which hosts may serve a request, and which one it should go to while it can."""
 
     hosts: tuple[Host, ...]
-    home: str | None = None  # "response 'resp_1' lives in region eastus": it may go nowhere else
+    home: str | None = None  # "file 'file-1' lives in region eastus": it may go nowhere else
     session: str | None = None  # the affinity key of an opted-in session
     session_owner: str | None = None  # the host key the session was on
     preferred: Host | None = None  # the session's host, if it serves this deployment
@@ -144,7 +144,9 @@ class Proxy:
         raw: bytes,
         body: dict[str, Any] | None,
     ) -> Outgoing:
-        logical = None if route.object_id else route.deployment or _model(body)
+        if route.lists:
+            return await self._list(route, caller, query, headers)
+        logical = route.deployment or (_model(body) if route.by_model else None)
         plan = await self._plan(route, logical, headers, body)
         cost = usage.estimate_cost(route.operation, body, self._routing.max_tokens_default(logical or ""))
         api_version = dict(query).get("api-version")
@@ -170,16 +172,61 @@ class Proxy:
                 return result
         raise self._exhausted(plan, cost, attempts)
 
+    async def _list(
+        self, route: routes.Route, caller: Caller, query: list[tuple[str, str]], headers: Mapping[str, str]
+    ) -> Outgoing:
+        """Ask every resource at once for its first page and merge them; all regions or none.
+
+        A list missing a region would look like lost files to the client, so a region that cannot answer
+        fails the whole list with a 503 that names it. Hosts cooling down are asked all the same: a list
+        costs no tokens, and only an answer tells whether the resource can give one.
+        """
+        limit = listing.page_limit(route.operation, query)
+        resources = self._resources()
+        deadline = self._clock.now() + self._routing.deadline_seconds
+        tries = {host.key: _Attempts() for host in resources}
+        answers = await asyncio.gather(
+            *(
+                self._attempt(route, caller, host, 0, query, headers, b"", False, deadline, tries[host.key])
+                for host in resources
+            ),
+            return_exceptions=True,
+        )
+        pages: list[Mapping[str, Any]] = []
+        failed: list[str] = []
+        for host, answer in zip(resources, answers, strict=True):
+            if isinstance(answer, BaseException) and not isinstance(answer, GatewayError):
+                raise answer
+            if isinstance(answer, Outgoing) and 400 <= answer.status < 500:
+                return answer  # the client's own mistake (say, a bad filter): every region would say the same
+            page = listing.parse_page(_json_or_none(answer.body)) if isinstance(answer, Outgoing) else None
+            if page is None:
+                failed.append(tries[host.key].failure or f"{host.name} did not answer with a list")
+            else:
+                pages.append(page)
+        if failed:
+            raise GatewayError(
+                503,
+                "RegionUnavailable",
+                f"Cannot list {route.operation} across regions: {'; '.join(failed)}. A partial list would look "
+                "as if objects were gone; retry after the time in Retry-After.",
+                retry_after=self._routing.default_cooldown_seconds,
+            )
+        merged = json.dumps(listing.merge(pages, limit)).encode()
+        names = ",".join(host.name for host in resources)
+        return Outgoing(200, {"content-type": "application/json", BACKEND_HEADER: names}, body=merged)
+
     async def _plan(
         self, route: routes.Route, logical: str | None, headers: Mapping[str, str], body: dict[str, Any] | None
     ) -> _Plan:
-        """A request naming a Response goes to the resource that holds it; a session prefers its host."""
-        response_id = route.object_id or (
-            affinity.previous_response_id(body) if route.operation == "responses" else None
-        )
+        """A request naming an object goes to the resource that holds it; a session prefers its host."""
+        named = affinity.named_object(route, body)
         hosts = () if logical is None else self._deployment_hosts(logical)
-        if response_id is not None:
-            return await self._home(response_id, logical, hosts)
+        if named is not None:
+            return await self._home(*named, logical, hosts)
+        if route.creates and logical is None:
+            # A new file costs no tokens and belongs to no deployment: any resource may hold it.
+            return _Plan(self._resources())
         session = affinity.session_key(headers)
         if session is None:
             return _Plan(hosts)
@@ -190,6 +237,17 @@ class Proxy:
         preferred = next((h for h in hosts if h.key == owner), None)
         return _Plan(hosts, session=session, session_owner=owner, preferred=preferred)
 
+    def _resources(self) -> tuple[Host, ...]:
+        """One host per Azure OpenAI resource (endpoint), a healthy one where there is one."""
+        by_endpoint: dict[str, Host] = {}
+        for host in self._hosts.values():
+            current = by_endpoint.get(host.endpoint)
+            if current is None or (
+                self._health.recovers_in(current.key) > 0 and self._health.recovers_in(host.key) == 0
+            ):
+                by_endpoint[host.endpoint] = host
+        return tuple(by_endpoint.values())
+
     def _deployment_hosts(self, logical: str) -> tuple[Host, ...]:
         hosts = self._cluster.hosts_for(logical)
         if hosts is None:
@@ -198,28 +256,28 @@ class Proxy:
             )
         return hosts
 
-    async def _home(self, response_id: str, logical: str | None, hosts: tuple[Host, ...]) -> _Plan:
+    async def _home(self, kind: str, object_id: str, logical: str | None, hosts: tuple[Host, ...]) -> _Plan:
         try:
-            owner_key = await self._affinity.get(affinity.response_key(response_id))
+            owner_key = await self._affinity.get(affinity.object_key(kind, object_id))
         except AffinityUnavailable:
             raise GatewayError(
                 503,
                 "AffinityUnavailable",
-                "The gateway cannot look up which region holds this response right now.",
+                f"The gateway cannot look up which region holds this {kind} right now.",
                 retry_after=self._routing.default_cooldown_seconds,
             ) from None
         owner = self._hosts.get(owner_key) if owner_key else None
         if owner is None:
-            raise GatewayError(404, "not_found", f"No response found with id {response_id!r}.")
-        # The object lives in the resource (endpoint); any deployment there can continue it.
-        home = (owner,) if logical is None else tuple(h for h in hosts if h.endpoint == owner.endpoint)
+            raise GatewayError(404, "not_found", f"No {kind} found with id {object_id!r}.")
+        # The object lives in the resource (endpoint): any of its deployments can continue or read it.
+        home = tuple(h for h in (self._hosts.values() if logical is None else hosts) if h.endpoint == owner.endpoint)
         if not home:
             raise GatewayError(
                 400,
                 "invalid_request",
-                f"Response {response_id!r} lives in region {owner.name}, which does not serve {logical!r}.",
+                f"The {kind} {object_id!r} lives in region {owner.name}, which does not serve {logical!r}.",
             )
-        return _Plan(home, home=f"response {response_id!r} lives in region {owner.name}")
+        return _Plan(home, home=f"{kind} {object_id!r} lives in region {owner.name}")
 
     async def _move_session(self, plan: _Plan, host: Host) -> None:
         assert plan.session is not None
@@ -227,13 +285,25 @@ class Proxy:
         if plan.session_owner is not None:
             log.info("session %s moved from %s to %s", plan.session, plan.session_owner, host.key)
 
-    async def _record_response(self, payload: Any, host: Host) -> bool:
-        """Remember where a new Response lives; True once recorded."""
-        response_id = affinity.created_response_id(payload)
-        if response_id is None:
+    async def _record_created(self, payload: Any, host: Host, *, new: bool = True) -> bool:
+        """Remember where a new object (and any file a batch wrote) lives; True once a new object is recorded."""
+        for file_id in affinity.batch_output_files(payload):
+            await self._record_once(affinity.object_key("file", file_id), host)
+        created = affinity.created_object(payload) if new else None
+        if created is None:
             return False
-        await self._affinity.put(affinity.response_key(response_id), host.key, affinity.RESPONSE_TTL)
+        kind, object_id = created
+        await self._affinity.put(affinity.object_key(kind, object_id), host.key, affinity.OBJECT_TTL[kind])
         return True
+
+    async def _record_once(self, key: str, host: Host) -> None:
+        # A finished batch is read again and again: write its output files' records only the first time.
+        try:
+            if await self._affinity.get(key) is not None:
+                return
+        except AffinityUnavailable:
+            pass
+        await self._affinity.put(key, host.key, affinity.OBJECT_TTL["file"])
 
     async def _choose(self, plan: _Plan, cost: int, attempts: _Attempts, start: float, deadline: float) -> Host:
         """The session's host while it is eligible; else pick, or wait (within the budget) for one to recover."""
@@ -382,7 +452,7 @@ class Proxy:
     ) -> Outgoing | None:
         status = response.status
         headers = _client_headers(response.headers, host)
-        creates = route.operation == "responses" and route.method == "POST"
+        creates = route.creates
         if status < 300 and response.content_type == "text/event-stream":
             self._health.record_success(host.key)
             return Outgoing(status, headers, stream=self._relay(host, response, reservation, inject, creates))
@@ -411,8 +481,8 @@ class Proxy:
         self._health.record_success(host.key)
         if status < 300:
             self._ledger.settle(reservation, usage.usage_from_json(content))
-            if creates:
-                await self._record_response(_json_or_none(content), host)
+            if creates or route.kind == "batch":
+                await self._record_created(_json_or_none(content), host, new=creates)
         else:
             self._ledger.release(reservation)  # a 4xx from the model (bad parameter, content filter): not run
         return Outgoing(status, headers, body=content)
@@ -461,7 +531,7 @@ class Proxy:
             async for chunk in response.content.iter_any():
                 for event in scanner.feed(chunk):
                     if creates and b"response.created" in event:
-                        creates = not await self._record_response(usage.data_payload(event), host)
+                        creates = not await self._record_created(usage.data_payload(event), host)
                     yield event
             rest = scanner.flush()
             if rest:
@@ -529,7 +599,7 @@ def _upstream_body(route: routes.Route, body: dict[str, Any] | None, raw: bytes,
     if body is None:
         return raw
     changes: dict[str, Any] = {}
-    if route.v1 and body.get("model") != host.deployment:
+    if route.by_model and body.get("model") != host.deployment:
         changes["model"] = host.deployment
     if inject:
         options = body.get("stream_options")

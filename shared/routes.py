@@ -27,13 +27,26 @@ OPERATIONS = frozenset(
 )
 # Operations of the /openai/deployments/{name}/... surface (Responses only exists on v1).
 DEPLOYMENT_OPERATIONS = OPERATIONS - {"responses"}
-# v1 collections whose objects can be read or deleted by id: /openai/v1/{collection}/{id}.
-OBJECT_COLLECTIONS = frozenset({"responses"})
-OBJECT_METHODS = ("GET", "DELETE")
+# Stateful objects: (collection, addressed by id, action after the id) -> the methods served there.
+# Responses are created by the "responses" operation above; files and batches by POST to their collection.
+_OBJECT_PATHS: dict[tuple[str, bool, str | None], tuple[str, ...]] = {
+    ("responses", True, None): ("GET", "DELETE"),
+    ("files", False, None): ("GET", "POST"),
+    ("files", True, None): ("GET", "DELETE"),
+    ("files", True, "content"): ("GET",),
+    ("batches", False, None): ("GET", "POST"),
+    ("batches", True, None): ("GET",),
+    ("batches", True, "cancel"): ("POST",),
+}
+# The affinity kind of each collection's objects (see shared/affinity.py).
+OBJECT_KINDS = {"responses": "response", "files": "file", "batches": "batch"}
+# Files and batches also live on the classic surface (/openai/files?api-version=...); Responses only on v1.
+_CLASSIC_COLLECTIONS = frozenset({"files", "batches"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _OBJECT_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _DEPLOYMENTS = "/openai/deployments/"
 _V1 = "/openai/v1/"
+_CLASSIC = "/openai/"
 
 
 @dataclass(frozen=True)
@@ -43,13 +56,32 @@ class Route:
     v1: bool
     object_id: str | None = None  # /openai/v1/responses/{id}: the object the request reads or deletes
     method: str = "POST"
+    action: str | None = None  # /openai/files/{id}/content: what is done to the object
+
+    @property
+    def by_model(self) -> bool:
+        """A v1 model operation: the body's `model` names the logical deployment (and is rewritten per host)."""
+        return self.v1 and self.object_id is None and self.operation in OPERATIONS
+
+    @property
+    def kind(self) -> str | None:
+        """The kind of stateful object this path addresses or creates, if any."""
+        return OBJECT_KINDS.get(self.operation)
+
+    @property
+    def creates(self) -> bool:
+        return self.kind is not None and self.method == "POST" and self.object_id is None
+
+    @property
+    def lists(self) -> bool:
+        """GET /files, GET /batches: a list spanning every resource."""
+        return self.kind is not None and self.method == "GET" and self.object_id is None
 
     def upstream_path(self, physical: str) -> str:
-        if self.object_id is not None:
-            return f"{_V1}{self.operation}/{self.object_id}"
-        if self.v1:
-            return _V1 + self.operation
-        return f"{_DEPLOYMENTS}{quote(physical, safe='')}/{self.operation}"
+        if self.deployment is not None:
+            return f"{_DEPLOYMENTS}{quote(physical, safe='')}/{self.operation}"
+        parts = [self.operation, self.object_id, self.action]
+        return (_V1 if self.v1 else _CLASSIC) + "/".join(p for p in parts if p is not None)
 
 
 def match(method: str, path: str) -> Route:
@@ -64,7 +96,9 @@ def match(method: str, path: str) -> Route:
     elif path.startswith(_V1) and path[len(_V1) :] in OPERATIONS:
         route = Route(path[len(_V1) :], None, v1=True)
     elif path.startswith(_V1):
-        return _object_route(method, path[len(_V1) :])
+        return _object_route(method, path[len(_V1) :], v1=True)
+    elif path.startswith(_CLASSIC):
+        return _object_route(method, path[len(_CLASSIC) :], v1=False)
     else:
         raise GatewayError(404, "NotFound", "Resource not found.")
     if method != "POST":
@@ -72,13 +106,21 @@ def match(method: str, path: str) -> Route:
     return route
 
 
-def _object_route(method: str, rest: str) -> Route:
-    collection, _, object_id = rest.partition("/")
-    if collection not in OBJECT_COLLECTIONS or not _OBJECT_ID.fullmatch(object_id):
+def _object_route(method: str, rest: str, *, v1: bool) -> Route:
+    collection, *more = rest.split("/")
+    object_id = more[0] if more else None
+    action = more[1] if len(more) > 1 else None
+    methods = _OBJECT_PATHS.get((collection, object_id is not None, action)) if len(more) <= 2 else None
+    if (
+        methods is None
+        or (not v1 and collection not in _CLASSIC_COLLECTIONS)
+        or (object_id is not None and not _OBJECT_ID.fullmatch(object_id))
+    ):
         raise GatewayError(404, "NotFound", "Resource not found.")
-    if method not in OBJECT_METHODS:
-        raise GatewayError(405, "MethodNotAllowed", f"Method {method} is not allowed on this path; use GET or DELETE.")
-    return Route(collection, None, v1=True, object_id=object_id, method=method)
+    if method not in methods:
+        allowed = " or ".join(methods)
+        raise GatewayError(405, "MethodNotAllowed", f"Method {method} is not allowed on this path; use {allowed}.")
+    return Route(collection, None, v1=v1, object_id=object_id, method=method, action=action)
 
 
 def valid_deployment_name(name: str) -> bool:

@@ -519,3 +519,64 @@ async def test_cli_prints_one_json_line_and_exits_cleanly_on_sigterm(session: ai
         rest, errors = await asyncio.wait_for(proc.communicate(), timeout=10)
     assert proc.returncode == 0, errors.decode()
     assert rest == b""  # exactly one line on stdout
+
+
+@pytest.mark.asyncio
+async def test_files_live_in_the_region_that_stored_them(launch: Launch, session: aiohttp.ClientSession) -> None:
+    """Upload, read, list, download and delete through the Azure SDK; another region knows nothing of them."""
+    _, home = await launch()
+    _, elsewhere = await launch()
+    here = openai.AsyncAzureOpenAI(azure_endpoint=home, api_key=KEY, api_version=VERSION, max_retries=0)
+    there = openai.AsyncAzureOpenAI(azure_endpoint=elsewhere, api_key=KEY, api_version=VERSION, max_retries=0)
+    try:
+        first = await here.files.create(file=("data.jsonl", b'{"a": 1}\n'), purpose="batch")
+        second = await here.files.create(file=("more.jsonl", b"{}\n"), purpose="batch")
+        assert first.id.startswith("file-") and (first.bytes, first.filename, first.status) == (
+            9,
+            "data.jsonl",
+            "processed",
+        )
+        assert (await here.files.retrieve(first.id)).id == first.id
+        assert (await here.files.content(first.id)).read() == b'{"a": 1}\n'
+        listed = await here.files.list()
+        assert [f.id for f in listed.data] == [second.id, first.id]
+        assert [f.id for f in (await here.files.list(limit=1)).data] == [second.id]  # newest first
+        with pytest.raises(openai.NotFoundError):
+            await there.files.retrieve(first.id)
+        assert (await there.files.list()).data == []
+        assert (await here.files.delete(first.id)).deleted
+        with pytest.raises(openai.NotFoundError):
+            await here.files.content(first.id)
+    finally:
+        await here.close()
+        await there.close()
+    async with session.get(f"{home}/openai/files", headers=AUTH) as resp:
+        assert resp.status == 400 and (await resp.json())["error"]["code"] == "MissingApiVersionParameter"
+    async with session.get(f"{home}/openai/v1/files", headers=AUTH) as resp:
+        assert resp.status == 200
+
+
+@pytest.mark.asyncio
+async def test_a_batch_needs_its_input_file_in_the_same_region(launch: Launch) -> None:
+    _, home = await launch()
+    _, elsewhere = await launch()
+    here = openai.AsyncAzureOpenAI(azure_endpoint=home, api_key=KEY, api_version=VERSION, max_retries=0)
+    there = openai.AsyncAzureOpenAI(azure_endpoint=elsewhere, api_key=KEY, api_version=VERSION, max_retries=0)
+    try:
+        file = await here.files.create(file=("in.jsonl", b"{}\n"), purpose="batch")
+        batch = await here.batches.create(
+            input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert batch.id.startswith("batch_") and (batch.status, batch.input_file_id) == ("validating", file.id)
+        assert (await here.batches.retrieve(batch.id)).id == batch.id
+        assert [b.id for b in (await here.batches.list()).data] == [batch.id]
+        assert (await here.batches.cancel(batch.id)).status == "cancelling"
+        with pytest.raises(openai.NotFoundError):
+            await there.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
+        with pytest.raises(openai.NotFoundError):
+            await there.batches.retrieve(batch.id)
+        with pytest.raises(openai.BadRequestError):
+            await here.batches.create(input_file_id=file.id, endpoint=7, completion_window="24h")  # type: ignore[arg-type]
+    finally:
+        await here.close()
+        await there.close()

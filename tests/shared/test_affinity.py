@@ -11,13 +11,16 @@ from shared.affinity import (
     AffinityUnavailable,
     MemoryAffinityStore,
     TableAffinityStore,
-    created_response_id,
-    previous_response_id,
-    response_key,
+    batch_output_files,
+    created_object,
+    named_object,
+    object_key,
+    referenced_id,
     session_key,
 )
 from shared.clock import ManualClock
 from shared.errors import GatewayError
+from shared.routes import match
 
 
 async def test_memory_store_expires_records() -> None:
@@ -48,30 +51,59 @@ async def test_a_later_put_moves_the_record() -> None:
 
 
 def test_keys_are_namespaced_and_validated() -> None:
-    assert response_key("resp_1") == "response:resp_1"
+    assert object_key("response", "resp_1") == "response:resp_1"
+    assert object_key("file", "file-1") == "file:file-1"
     assert session_key({"x-session-id": "chat-42"}) == "session:chat-42"
     assert session_key({}) is None
-    assert previous_response_id({"previous_response_id": "resp_1"}) == "resp_1"
-    assert previous_response_id({"model": "gpt-4o"}) is None
-    assert previous_response_id(None) is None
+    assert referenced_id({"previous_response_id": "resp_1"}, "previous_response_id") == "resp_1"
+    assert referenced_id({"model": "gpt-4o"}, "previous_response_id") is None
+    assert referenced_id(None, "input_file_id") is None
     for bad in ("", "a/b", "a b", "x" * 129, "resp:1"):
         with pytest.raises(GatewayError) as caught:
             session_key({"x-session-id": bad})
         assert caught.value.status == 400
         with pytest.raises(GatewayError):
-            previous_response_id({"previous_response_id": bad})
-    with pytest.raises(GatewayError):
-        previous_response_id({"previous_response_id": 7})
+            referenced_id({"previous_response_id": bad}, "previous_response_id")
+    with pytest.raises(GatewayError) as caught:
+        referenced_id({"input_file_id": 7}, "input_file_id")
+    assert caught.value.code == "invalid_input_file_id"
 
 
-def test_created_response_id_from_a_body_or_a_stream_event() -> None:
+def test_the_object_a_request_goes_home_to() -> None:
+    assert named_object(match("GET", "/openai/v1/responses/resp_1"), None) == ("response", "resp_1")
+    assert named_object(match("GET", "/openai/files/file-1/content"), None) == ("file", "file-1")
+    continued = {"model": "gpt-4o", "previous_response_id": "resp_0"}
+    assert named_object(match("POST", "/openai/v1/responses"), continued) == ("response", "resp_0")
+    assert named_object(match("POST", "/openai/v1/responses"), {"model": "gpt-4o"}) is None
+    assert named_object(match("POST", "/openai/files"), None) is None
+    batch = {"input_file_id": "file-1", "endpoint": "/chat/completions", "completion_window": "24h"}
+    assert named_object(match("POST", "/openai/batches"), batch) == ("file", "file-1")  # a batch follows its file
+    assert named_object(match("POST", "/openai/batches/batch_1/cancel"), None) == ("batch", "batch_1")
+    for bad in (None, {"endpoint": "/chat/completions"}, {"input_file_id": "../x"}):
+        with pytest.raises(GatewayError) as caught:
+            named_object(match("POST", "/openai/batches"), bad)
+        assert caught.value.status == 400
+    assert named_object(match("POST", "/openai/deployments/gpt-4o/chat/completions"), continued) is None
+
+
+def test_the_files_a_batch_wrote() -> None:
+    done = {"id": "batch_1", "object": "batch", "output_file_id": "file-out", "error_file_id": "file-err"}
+    assert batch_output_files(done) == ["file-out", "file-err"]
+    assert batch_output_files({**done, "error_file_id": None, "output_file_id": "../x"}) == []
+    assert batch_output_files({**done, "object": "file"}) == []
+    assert batch_output_files(None) == []
+
+
+def test_created_object_from_a_body_or_a_stream_event() -> None:
     body = {"id": "resp_abc", "object": "response", "output": []}
-    assert created_response_id(body) == "resp_abc"
-    assert created_response_id({"type": "response.created", "response": body}) == "resp_abc"
-    assert created_response_id({"type": "response.output_text.delta", "delta": "x"}) is None
-    assert created_response_id({"id": "chatcmpl-1", "object": "chat.completion"}) is None
-    assert created_response_id({"id": "../x", "object": "response"}) is None
-    assert created_response_id([body]) is None
+    assert created_object(body) == ("response", "resp_abc")
+    assert created_object({"type": "response.created", "response": body}) == ("response", "resp_abc")
+    assert created_object({"id": "file-1", "object": "file", "bytes": 3}) == ("file", "file-1")
+    assert created_object({"id": "batch_1", "object": "batch", "status": "validating"}) == ("batch", "batch_1")
+    assert created_object({"type": "response.output_text.delta", "delta": "x"}) is None
+    assert created_object({"id": "chatcmpl-1", "object": "chat.completion"}) is None
+    assert created_object({"id": "../x", "object": "response"}) is None
+    assert created_object([body]) is None
 
 
 class FakeTable:

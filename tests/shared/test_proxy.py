@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 from starlette.datastructures import Headers
 
-from shared.affinity import MemoryAffinityStore, response_key, valid_id
+from shared.affinity import MemoryAffinityStore, object_key, valid_id
 from shared.auth import Authenticator
 from shared.clock import ManualClock
 from shared.cluster import Cluster, Host, HostAuth
@@ -404,7 +404,7 @@ def test_upstream_url_and_headers_are_the_gateways_whatever_the_client_sends(
     headers = [*creds, ("content-type", "application/json"), *extra]
 
     async def scenario() -> Outgoing:
-        await rig.affinity.put(response_key(KNOWN_RESPONSE), EAST.key, 3600)
+        await rig.affinity.put(object_key("response", KNOWN_RESPONSE), EAST.key, 3600)
         payload = b"" if method in ("GET", "DELETE") else body(model=v1_model)
         return await call(rig, path, headers, payload, query, method=method)
 
@@ -724,3 +724,118 @@ async def test_a_credential_in_the_query_and_long_header_values_stay_here() -> N
     (sent,) = rig.session.sent
     assert CLIENT_KEY not in sent.url and "api-version=" in sent.url
     assert "user-agent" not in {k.lower() for k in sent.headers}
+
+
+# --- stateful objects: files go home ------------------------------------------------------------------------------
+
+MULTIPART = [("api-key", CLIENT_KEY), ("content-type", "multipart/form-data; boundary=b")]
+UPLOAD = b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--b--\r\n'
+
+
+def stored_file(sent: Sent) -> FakeResponse:
+    file = {"id": f"file-{sent.host.name}", "object": "file", "bytes": 3, "status": "processed"}
+    return FakeResponse(200, {"x-ms-region": sent.host.name}, json.dumps(file).encode())
+
+
+async def test_an_upload_goes_to_one_resource_untouched_and_its_file_is_recorded() -> None:
+    rig = make_rig(stored_file)
+    rig.health.cool_down(EAST.key, 30, "429 (quota)")  # the balancer's choice, with no deployment to go by
+    outgoing = await call(rig, "/openai/files", MULTIPART, UPLOAD)
+    assert outgoing.status == 200
+    (sent,) = rig.session.sent
+    assert sent.url == f"{WEST.endpoint}/openai/files?api-version={API_VERSION}"
+    assert sent.data == UPLOAD and sent.headers["content-type"] == MULTIPART[1][1]
+    assert await rig.affinity.get("file:file-westus") == WEST.key
+    assert rig.headroom(WEST)[0] == WEST.tpm  # no tokens charged
+
+
+async def test_a_request_naming_a_file_goes_home_or_nowhere() -> None:
+    rig = make_rig(stored_file)
+    await rig.affinity.put(object_key("file", "file-uk"), UK.key, 3600)
+    for method, path in [("GET", "/openai/files/file-uk"), ("GET", "/openai/files/file-uk/content")]:
+        outgoing = await call(rig, path, payload=b"", method=method)
+        assert outgoing.status == 200 and outgoing.headers[BACKEND_HEADER] == "uksouth"
+        assert rig.session.sent[-1].url == f"{UK.endpoint}{path}?api-version={API_VERSION}"
+    sent = len(rig.session.sent)
+    unknown = await call(rig, "/openai/files/file-nope", payload=b"", method="DELETE")
+    assert unknown.status == 404
+    assert error_of(unknown) == {
+        "code": "not_found",
+        "message": "No file found with id 'file-nope'.",
+        "type": "invalid_request_error",
+    }
+    rig.health.eject(UK.key, "probe failed", 60)
+    down = await call(rig, "/openai/files/file-uk", payload=b"", method="GET")
+    assert down.status == 503 and error_of(down)["code"] == "RegionUnavailable"
+    assert "file 'file-uk' lives in region uksouth" in error_of(down)["message"]
+    assert len(rig.session.sent) == sent  # neither went anywhere
+
+
+def batch_answer(sent: Sent) -> FakeResponse:
+    batch = {"id": "batch_1", "object": "batch", "status": "completed", "output_file_id": "file-out"}
+    return FakeResponse(200, {}, json.dumps(batch).encode())
+
+
+async def test_a_batch_follows_its_input_file_and_its_output_files_are_recorded() -> None:
+    rig = make_rig(batch_answer)
+    await rig.affinity.put(object_key("file", "file-in"), WEST.key, 3600)
+    rig.ledger.reserve(WEST.key, WEST.tpm - 10, "other")  # the busiest host: plain balancing would avoid it
+    payload = json.dumps({"input_file_id": "file-in", "endpoint": "/chat/completions", "completion_window": "24h"})
+    created = await call(rig, "/openai/batches", payload=payload.encode())
+    assert created.status == 200 and created.headers[BACKEND_HEADER] == "westus"
+    assert rig.session.sent[-1].data == payload.encode()  # no model is added to a batch
+    assert await rig.affinity.get("batch:batch_1") == WEST.key
+    assert await rig.affinity.get("file:file-out") == WEST.key
+    for method, path in [("GET", "/openai/batches/batch_1"), ("POST", "/openai/batches/batch_1/cancel")]:
+        outgoing = await call(rig, path, payload=b"", method=method)
+        assert outgoing.status == 200 and rig.session.sent[-1].host == WEST
+    unknown = await call(rig, "/openai/batches", payload=payload.replace("file-in", "file-x").encode())
+    assert unknown.status == 404 and error_of(unknown)["message"] == "No file found with id 'file-x'."
+
+
+# --- lists that span regions --------------------------------------------------------------------------------------
+
+
+def region_page(sent: Sent) -> FakeResponse:
+    age = {"eastus": 30, "westus": 20, "uksouth": 10}[sent.host.name]
+    data = [{"id": f"file-{sent.host.name}", "object": "file", "created_at": 1000 + age}]
+    return FakeResponse(200, {}, json.dumps({"object": "list", "data": data, "has_more": False}).encode())
+
+
+async def test_a_list_asks_every_resource_once_and_merges_newest_first() -> None:
+    rig = make_rig(region_page)
+    rig.health.cool_down(EAST.key, 30, "429 (quota)")  # a list costs no tokens: asked all the same
+    outgoing = await call(rig, "/openai/files", payload=b"", method="GET", query=[("api-version", API_VERSION)])
+    assert outgoing.status == 200 and outgoing.headers[BACKEND_HEADER] == "eastus,westus,uksouth"
+    assert sorted(s.url for s in rig.session.sent) == sorted(
+        f"{h.endpoint}/openai/files?api-version={API_VERSION}" for h in HOSTS
+    )
+    listed = json.loads(outgoing.body)
+    assert [f["id"] for f in listed["data"]] == ["file-eastus", "file-westus", "file-uksouth"]
+    limited = await call(rig, "/openai/v1/files", payload=b"", method="GET", query=[("limit", "2")])
+    assert [f["id"] for f in json.loads(limited.body)["data"]] == ["file-eastus", "file-westus"]
+    assert json.loads(limited.body)["has_more"]
+
+
+async def test_a_list_with_a_cursor_is_refused_before_any_region_is_asked() -> None:
+    rig = make_rig(region_page)
+    outgoing = await call(rig, "/openai/batches", payload=b"", method="GET", query=[("after", "batch_1")])
+    assert outgoing.status == 400 and "'after' is not supported" in error_of(outgoing)["message"]
+    assert rig.session.sent == []
+
+
+@pytest.mark.parametrize("failure", ["500", "down"])
+async def test_a_region_that_cannot_list_fails_the_whole_list_naming_it(failure: str) -> None:
+    answer: Answer = FakeResponse(500, {}, b"{}") if failure == "500" else aiohttp.ClientConnectionError("refused")
+    rig = make_rig(lambda sent: answer if sent.host == WEST else region_page(sent))
+    outgoing = await call(rig, "/openai/files", payload=b"", method="GET")
+    assert outgoing.status == 503 and int(outgoing.headers["retry-after"]) >= 1
+    error = error_of(outgoing)
+    assert error["code"] == "RegionUnavailable" and "westus" in error["message"]
+    assert "eastus" not in error["message"]
+
+
+async def test_a_clients_mistake_in_a_list_passes_through() -> None:
+    rig = make_rig(lambda sent: FakeResponse(400, {}, b'{"error": {"code": "invalid_purpose"}}'))
+    outgoing = await call(rig, "/openai/files", payload=b"", method="GET", query=[("purpose", "nope")])
+    assert outgoing.status == 400 and b"invalid_purpose" in outgoing.body

@@ -66,7 +66,12 @@ def test_a_response_is_read_or_deleted_by_id(method: str) -> None:
         "/openai/v1/responses/resp_1/input_items",
         "/openai/v1/responses/resp:1",
         "/openai/v1/chat/completions/chatcmpl-1",
-        "/openai/v1/files/file-1",
+        "/openai/v1/files/file-1/",
+        "/openai/v1/files/file-1/content/x",
+        "/openai/v1/files/file.1",
+        "/openai/v1/files/file-1/contents",
+        "/openai/responses/resp_1",
+        "/openai/models",
     ],
 )
 def test_object_paths_are_strict(path: str) -> None:
@@ -76,6 +81,43 @@ def test_object_paths_are_strict(path: str) -> None:
 def test_objects_allow_get_and_delete_only() -> None:
     assert status_of("POST", "/openai/v1/responses/resp_1") == 405
     assert status_of("PUT", "/openai/v1/responses/resp_1") == 405
+
+
+@pytest.mark.parametrize("prefix", ["/openai/", "/openai/v1/"])
+def test_files_on_both_surfaces(prefix: str) -> None:
+    v1 = prefix == "/openai/v1/"
+    listed = match("GET", prefix + "files")
+    assert listed.lists and not listed.creates and listed.upstream_path("ignored") == prefix + "files"
+    upload = match("POST", prefix + "files")
+    assert upload == Route("files", None, v1=v1, method="POST")
+    assert upload.creates and upload.kind == "file" and not upload.by_model
+    reads = [
+        ("GET", "files/file-1", None),
+        ("DELETE", "files/file-1", None),
+        ("GET", "files/file-1/content", "content"),
+    ]
+    for method, path, action in reads:
+        route = match(method, prefix + path)
+        assert route == Route("files", None, v1=v1, object_id="file-1", method=method, action=action)
+        assert route.upstream_path("ignored") == prefix + path and not route.creates
+    assert status_of("DELETE", prefix + "files/file-1/content") == 405
+    assert status_of("PUT", prefix + "files") == 405
+
+
+@pytest.mark.parametrize("prefix", ["/openai/", "/openai/v1/"])
+def test_batches_on_both_surfaces(prefix: str) -> None:
+    v1 = prefix == "/openai/v1/"
+    assert match("GET", prefix + "batches").lists
+    create = match("POST", prefix + "batches")
+    assert create == Route("batches", None, v1=v1) and create.creates and create.kind == "batch"
+    read = match("GET", prefix + "batches/batch_1")
+    assert read == Route("batches", None, v1=v1, object_id="batch_1", method="GET") and not read.creates
+    cancel = match("POST", prefix + "batches/batch_1/cancel")
+    assert cancel == Route("batches", None, v1=v1, object_id="batch_1", action="cancel") and not cancel.creates
+    assert cancel.upstream_path("ignored") == prefix + "batches/batch_1/cancel"
+    assert status_of("DELETE", prefix + "batches/batch_1") == 405
+    assert status_of("GET", prefix + "batches/batch_1/cancel") == 405
+    assert status_of("POST", prefix + "batches/batch_1/results") == 404
 
 
 @pytest.mark.parametrize(
@@ -158,6 +200,7 @@ _V1_ALTS = "|".join(map(re.escape, V1_OPS))
 _SAFE = re.compile(
     rf"^/openai/deployments/[A-Za-z0-9][A-Za-z0-9._-]{{0,63}}/({_DEPLOYMENT_ALTS})\Z|^/openai/v1/({_V1_ALTS})\Z"
     r"|^/openai/v1/responses/[A-Za-z0-9_-]{1,128}\Z"
+    r"|^/openai/(v1/)?files(/[A-Za-z0-9_-]{1,128}(/content)?)?\Z"
 )
 
 
@@ -169,7 +212,17 @@ def _part(valid: list[str], tricks: list[str]) -> st.SearchStrategy[str]:
 
 _ops = _part(
     V1_OPS,
-    ["", "files", "models", "chat/completions/", "chat//completions", "chat/../completions", "responses/resp_1"],
+    [
+        "",
+        "files",
+        "files/file-1",
+        "files/file-1/content",
+        "models",
+        "chat/completions/",
+        "chat//completions",
+        "chat/../completions",
+        "responses/resp_1",
+    ],
 )
 _deployment_paths = st.tuples(
     _part(["/openai/deployments/"], ["/openai/", "/openai/v1/deployments/", "", "//openai/deployments/"]),
@@ -188,7 +241,7 @@ def test_a_matched_path_is_always_a_safe_upstream_path(method: str, path: str) -
     except GatewayError as exc:
         assert exc.status in (404, 405)
         return
-    assert route.method == method and (method == "POST") == (route.object_id is None)
+    assert route.method == method and (method == "POST" or route.lists) == (route.object_id is None)
     upstream = route.upstream_path(route.deployment or "unused")
     assert _SAFE.match(upstream), upstream
     assert upstream == path  # nothing was rewritten: the client's path was already exactly a safe one
