@@ -114,18 +114,20 @@ async def test_spn_secret_is_read_from_the_configured_vault_then_signs_in_to_the
     assert spn.closed and vault_identity.closed
 
 
+GATEWAY_ENV = {
+    "GATEWAY_CONFIG": '{"deployments": {"gpt-4o": [{"name": "eastus", "endpoint": "https://e.example",'
+    ' "deployment": "gpt-4o", "tpm": 1000}]}, "clients": [{"name": "a", "key_setting": "K"}]}',
+    "K": "client-key",
+    "GATEWAY_CREDENTIAL": "spn",
+    "GATEWAY_KEYVAULT_URI": VAULT,
+    "GATEWAY_SPN_TENANT_ID": TENANT,
+    "GATEWAY_SPN_CLIENT_ID": CLIENT,
+    "GATEWAY_SPN_SECRET_NAME": SECRET_NAME,
+}
+
+
 async def test_spn_settings_from_app_settings_reach_the_reader() -> None:
-    env = {
-        "GATEWAY_CONFIG": '{"deployments": {"gpt-4o": [{"name": "eastus", "endpoint": "https://e.example",'
-        ' "deployment": "gpt-4o", "tpm": 1000}]}, "clients": [{"name": "a", "key_setting": "K"}]}',
-        "K": "client-key",
-        "GATEWAY_CREDENTIAL": "spn",
-        "GATEWAY_KEYVAULT_URI": VAULT,
-        "GATEWAY_SPN_TENANT_ID": TENANT,
-        "GATEWAY_SPN_CLIENT_ID": CLIENT,
-        "GATEWAY_SPN_SECRET_NAME": SECRET_NAME,
-        "AZURE_CLIENT_ID": MI_CLIENT,
-    }
+    env = {**GATEWAY_ENV, "AZURE_CLIENT_ID": MI_CLIENT}
     seen: list[CredentialSettings] = []
 
     async def read_secret(identity: Any, settings: CredentialSettings) -> str:
@@ -243,17 +245,6 @@ async def test_a_failed_read_closes_the_vault_identity(vault: type[FakeSecretCli
 
 
 # --- the composition root while the vault cannot be read --------------------------------------------------------
-
-GATEWAY_ENV = {
-    "GATEWAY_CONFIG": '{"deployments": {"gpt-4o": [{"name": "eastus", "endpoint": "https://e.example",'
-    ' "deployment": "gpt-4o", "tpm": 1000}]}, "clients": [{"name": "a", "key_setting": "K"}]}',
-    "K": "client-key",
-    "GATEWAY_CREDENTIAL": "spn",
-    "GATEWAY_KEYVAULT_URI": VAULT,
-    "GATEWAY_SPN_TENANT_ID": TENANT,
-    "GATEWAY_SPN_CLIENT_ID": CLIENT,
-    "GATEWAY_SPN_SECRET_NAME": SECRET_NAME,
-}
 
 
 def starlette_request(path: str, method: str = "POST", body: bytes = b"") -> Request:
