@@ -12,6 +12,7 @@ import sys
 import time
 from types import FrameType
 
+from dev.azurite import Azurite
 from dev.stack import CHAT, DEFAULT_REGIONS, ROOT, Stack
 
 BANNER = """
@@ -42,8 +43,12 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=1.0, help="run simulated time faster (e.g. 30)")
     args = parser.parse_args()
     workdir = ROOT / ".dev"
-    print("[1/2] starting three simulated regions...", flush=True)
-    stack = Stack(workdir, time_scale=args.time_scale, gateway_port=args.port)
+    print("[1/3] starting Azurite (Table Storage, in memory) on loopback...", flush=True)
+    storage = Azurite(workdir / "azurite").start()
+    print("[2/3] starting three simulated regions...", flush=True)
+    stack = Stack(
+        workdir, time_scale=args.time_scale, gateway_port=args.port, table_connection_string=storage.connection_string
+    )
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -54,7 +59,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     try:
         stack.start()
-        print("[2/2] gateway started", flush=True)
+        print(f"[3/3] gateway started (shared ledger in Azurite at 127.0.0.1:{storage.port})", flush=True)
         regions = "\n".join(
             f"  {r.name:<8} {stack.region_urls[r.name]}  deployment {r.physical:<16} {r.tpm:>7,} TPM"
             for r in DEFAULT_REGIONS
@@ -70,6 +75,7 @@ def main() -> None:
     finally:
         print("stopping...", file=sys.stderr, flush=True)
         stack.stop()
+        storage.stop()
 
 
 if __name__ == "__main__":
