@@ -68,7 +68,6 @@ class Gateway:
         self._proxy: Proxy | None = None
         self._session: aiohttp.ClientSession | None = None
         self._ledger: Ledger | None = None
-        self._table_ledger: TableLedger | None = None
         self._health_store: HealthStore = MemoryHealthStore()
         self._affinity: AffinityStore = MemoryAffinityStore(self.clock)
         self._identity: AsyncTokenCredential | None = None  # the Function's own, for Storage and Key Vault
@@ -189,7 +188,6 @@ class Gateway:
             read_interval=table.read_cache_seconds,
             **windows,
         )
-        self._table_ledger = ledger
         self._health_store = TableHealthStore(table_client(table, HEALTH_TABLE, identity))
         self._affinity = TableAffinityStore(table_client(table, AFFINITY_TABLE, identity), self.clock)
         self._background.append(asyncio.create_task(ledger.run()))
@@ -280,7 +278,7 @@ class Gateway:
                         **self.health.describe(host.key),
                     }
                 )
-        ledger = self._table_ledger.describe() if self._table_ledger else {"kind": "memory"}
+        ledger = self._ledger.describe()
         return {
             "instance": self.settings.instance_id,
             "in_flight": self._proxy.in_flight,
@@ -335,10 +333,9 @@ class Gateway:
     async def close(self) -> None:
         for task in self._background:
             task.cancel()
-        if self._table_ledger is not None:
-            await self._table_ledger.close()
-        if isinstance(self._health_store, TableHealthStore):
-            await self._health_store.close()
+        if self._ledger is not None:
+            await self._ledger.close()
+        await self._health_store.close()
         await self._affinity.close()
         if self._vault is not None:
             await self._vault.close()

@@ -20,6 +20,7 @@ PARTITION = "health"
 class HealthStore(Protocol):
     async def publish(self, results: Mapping[str, ProbeResult]) -> None: ...
     async def load(self) -> Mapping[str, ProbeResult]: ...
+    async def close(self) -> None: ...
 
 
 class MemoryHealthStore:
@@ -31,6 +32,9 @@ class MemoryHealthStore:
 
     async def load(self) -> Mapping[str, ProbeResult]:
         return dict(self._results)
+
+    async def close(self) -> None:
+        return None
 
 
 class TableHealthStore:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from shared.clock import Clock
 from shared.window import SlidingWindow
@@ -53,6 +53,8 @@ class Ledger(Protocol):
     def window_tokens(self, host_key: str) -> float: ...
     def own_window_tokens(self, host_key: str) -> float: ...
     def usage(self) -> Mapping[str, Usage]: ...
+    def describe(self) -> dict[str, Any]: ...
+    async def close(self) -> None: ...
 
 
 @dataclass
@@ -206,3 +208,9 @@ class LocalLedger:
             key: Usage(book.served_tokens, book.served_requests, dict(book.by_client))
             for key, book in self._books.items()
         }
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "memory"}
+
+    async def close(self) -> None:
+        return None

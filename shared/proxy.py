@@ -330,12 +330,14 @@ class Proxy:
 
     def _candidate(self, host: Host, cost: int) -> Candidate:
         free_tokens, free_requests = self._ledger.headroom(host.key, host.tpm, host.rpm)
+        fits = free_tokens >= min(cost, host.tpm) and free_requests >= 1
         return Candidate(
             host=host,
             free_tokens=free_tokens,
             free_requests=free_requests,
             ready_in=self._health.recovers_in(host.key),
-            fits_in=self._ledger.seconds_until(host.key, cost, host.tpm, host.rpm),
+            # Only a host without room needs the (costlier) time to recovery: keep the hot path short.
+            fits_in=0.0 if fits else self._ledger.seconds_until(host.key, cost, host.tpm, host.rpm),
         )
 
     def _exhausted(self, plan: _Plan, cost: int, attempts: _Attempts) -> GatewayError:

@@ -120,8 +120,11 @@ async def test_storage_outage_loses_no_request_and_no_usage(tmp_path: Path) -> N
             assert outage["resumed"] - outage["stopped"] >= 10.0
             assert result.statuses == {200: result.sent}, result.errors
             assert result.sent > 300
-            # The last rows land within a flush interval (2 clock s: 70 ms) once the load ends.
-            await asyncio.sleep(1.0)
+            # The last rows land within a flush interval (2 clock s: 70 ms) once the load ends: poll, bounded.
+            for _ in range(50):
+                if table_totals(storage.connection_string) == result.tokens_served:
+                    break
+                await asyncio.sleep(0.1)
             print(f"\nserved {result.tokens_served} tokens; table says {table_totals(storage.connection_string)}")
             assert table_totals(storage.connection_string) == result.tokens_served
             assert all(stack.status(i)["ledger"]["storage_ok"] for i in range(2))
