@@ -1,8 +1,13 @@
 """Choosing a host: highest priority tier with an eligible host, then power of two choices by headroom.
 
-Pure: the caller passes a snapshot of every host and a random source. Two random picks (weighted)
-compared on free fraction spread load in proportion to quota, and many instances with slightly
-stale views do not all herd onto the single emptiest host.
+Pure: the caller passes a snapshot of every candidate host and a random source. Two random picks
+(weighted) compared on free fraction spread load in proportion to quota, and many instances with
+slightly stale views do not all herd onto the single emptiest host.
+
+Panic mode (Envoy's panic threshold): when active health checking alone would exclude every host,
+the probes are ignored and the hosts are used as if healthy. A probe can be wrong (a path the
+upstream does not serve, a fault on that path only); a gateway that stops serving because of it is
+worse than one that tries.
 """
 
 from __future__ import annotations
@@ -18,41 +23,61 @@ from shared.cluster import Host
 @dataclass(frozen=True)
 class Candidate:
     host: Host
-    free_tokens: float
-    free_requests: float
-    ready_in: float  # clock seconds until health lets it serve (0 = now, inf = not in sight)
-    fits_in: float  # clock seconds until its windows have room for this request (0 = now)
-
-    def eligible(self, cost: int) -> bool:
-        # A request bigger than the whole quota can only ever run on an idle host; let Azure decide then.
-        need = min(cost, self.host.tpm)
-        return self.ready_in == 0.0 and self.free_tokens >= need and self.free_requests >= 1
-
-    @property
-    def free_fraction(self) -> float:
-        return self.free_tokens / self.host.tpm
+    free_fraction: float  # of its token quota, after this request's needs (for the choice between two)
+    fits: bool  # its windows have room for this request now (reserves included)
+    fits_in: float  # clock seconds until they have (0 = now, inf = never)
+    ready_in: float  # clock seconds until passive health lets it take the request (0 = now)
+    probe_down: bool  # the active check says down and live traffic has not said otherwise
 
     @property
     def recovers_in(self) -> float:
         return max(self.ready_in, self.fits_in)
 
 
-def pick(candidates: Sequence[Candidate], cost: int, rng: random.Random) -> Candidate | None:
-    eligible = [c for c in candidates if c.eligible(cost)]
+@dataclass(frozen=True)
+class Choice:
+    candidate: Candidate
+    panic: bool
+
+    @property
+    def host(self) -> Host:
+        return self.candidate.host
+
+
+def usable(candidates: Sequence[Candidate]) -> tuple[list[Candidate], bool]:
+    """The candidates health lets through, and whether that needed panic mode."""
+    trusted = [c for c in candidates if not c.probe_down]
+    if any(c.ready_in == 0.0 for c in trusted):
+        return trusted, False
+    # Probe verdicts alone exclude every host that is otherwise ready: route to those anyway.
+    doubted = [c for c in candidates if c.probe_down and c.ready_in == 0.0]
+    return (doubted, True) if doubted else (trusted, False)
+
+
+def pick(candidates: Sequence[Candidate], rng: random.Random) -> Choice | None:
+    pool, panic = usable(candidates)
+    eligible = [c for c in pool if c.ready_in == 0.0 and c.fits]
     if not eligible:
         return None
     tier = min(c.host.priority for c in eligible)
-    pool = [c for c in eligible if c.host.priority == tier]
-    if len(pool) == 1:
-        return pool[0]
-    first = _weighted(pool, rng)
-    second = _weighted([c for c in pool if c is not first], rng)
-    return first if first.free_fraction >= second.free_fraction else second
+    tiered = [c for c in eligible if c.host.priority == tier]
+    if len(tiered) == 1:
+        return Choice(tiered[0], panic)
+    first = _weighted(tiered, rng)
+    second = _weighted([c for c in tiered if c is not first], rng)
+    return Choice(first if first.free_fraction >= second.free_fraction else second, panic)
 
 
 def soonest(candidates: Sequence[Candidate]) -> float:
-    """Clock seconds until any host could take the request; inf when none is in sight."""
-    return min((c.recovers_in for c in candidates), default=math.inf)
+    """Clock seconds until any host could take the request; inf when none is in sight.
+
+    Hosts the probes exclude count only when nothing else can ever serve (they would be used in panic).
+    """
+    trusted = [c.recovers_in for c in candidates if not c.probe_down]
+    wait = min(trusted, default=math.inf)
+    if wait == math.inf:
+        wait = min((c.recovers_in for c in candidates), default=math.inf)
+    return wait
 
 
 def _weighted(pool: Sequence[Candidate], rng: random.Random) -> Candidate:

@@ -17,6 +17,17 @@ class HostAuth:
 
 
 @dataclass(frozen=True)
+class ProbeSpec:
+    """The active health check's request: a GET that spends no tokens (the resource's model list by default)."""
+
+    path: str = "/openai/models"
+    api_version: str | None = "2024-10-21"
+
+    def url(self, endpoint: str) -> str:
+        return endpoint + self.path + (f"?api-version={self.api_version}" if self.api_version else "")
+
+
+@dataclass(frozen=True)
 class Host:
     """One physical deployment: the unit that has a quota, a health and a cooldown."""
 
@@ -28,6 +39,7 @@ class Host:
     priority: int = 1  # lower is preferred: PTU first, pay-as-you-go as spill-over
     weight: float = 1.0
     auth: HostAuth = field(default_factory=lambda: HostAuth("entra"))
+    probe: ProbeSpec = field(default_factory=ProbeSpec)
 
     @property
     def key(self) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.cluster import Cluster, Host, HostAuth
+from shared.cluster import Cluster, Host, HostAuth, ProbeSpec
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "gateway.json"
 
@@ -42,12 +42,30 @@ class Secret:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """A client's budget: token and request rates (sliding windows like Azure's) and real tokens per UTC day."""
+
+    tpm: int | None = None
+    rpm: int | None = None
+    tokens_per_day: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.tpm is None and self.rpm is None and self.tokens_per_day is None
+
+
+@dataclass(frozen=True)
 class Client:
     """A consuming application; several keys may be valid at once during a rotation."""
 
     name: str
-    keys: tuple[Secret, ...]  # from app settings, read once at start
+    keys: tuple[Secret, ...] = ()  # from app settings, read once at start
     key_secrets: tuple[str, ...] = ()  # Key Vault secret names, re-read while running (rotation, no restart)
+    limits: Limits = field(default_factory=Limits)
+    deployment_limits: Mapping[str, Limits] = field(default_factory=dict)  # logical deployment -> its own limits
+    priority: str = "normal"  # "low": only the headroom above routing.low_priority_reserve
+    admin: bool = False  # may reach objects whose owner is unknown, and read /usage
+    entra_app_ids: tuple[str, ...] = ()  # Entra applications (azp / appid) that act as this client
 
 
 @dataclass(frozen=True)
@@ -58,8 +76,8 @@ class Routing:
     max_tokens_defaults: Mapping[str, int] = field(default_factory=dict)
     window_seconds: float = 60.0
     request_window_seconds: float = 10.0
-    # Our reservation is stamped before Azure admits it; expire it this much later to stay behind Azure's window.
-    expiry_margin_seconds: float = 0.5
+    # Our reservation is stamped before Azure admits it; expire it at least this much later (it adapts upward).
+    expiry_margin_seconds: float = 0.1
     deadline_seconds: float = 120.0
     connect_timeout_seconds: float = 5.0
     stream_idle_timeout_seconds: float = 120.0
@@ -73,6 +91,10 @@ class Routing:
     backoff_base_seconds: float = 0.02
     max_body_bytes: int = 25 * 1024 * 1024
     max_in_flight: int = 1000
+    # Separate from the stream idle timeout: a non-streaming generation sends its headers only when it is done.
+    response_header_timeout_seconds: float = 120.0
+    low_priority_reserve: float = 0.2  # of each host's window, kept free of low-priority clients
+    max_json_depth: int = 100
 
     def max_tokens_default(self, logical: str) -> int:
         return self.max_tokens_defaults.get(logical, self.default_max_tokens)
@@ -128,6 +150,7 @@ class Settings:
     entra: EntraSettings = field(default_factory=EntraSettings)
     instance_id: str = "local"
     time_scale: float = 1.0
+    entra_default_client: str | None = None  # what Entra applications no client lists act as; None: refused
     warnings: tuple[str, ...] = ()  # problems that do not stop the gateway; logged once at start
 
 
@@ -140,6 +163,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     warnings: list[str] = []
     clients = _clients(doc.get("clients", []), env, warnings)
     entra = _entra(env)
+    default_client = _default_client(doc.get("entra_default_client"), clients)
     if not clients and not entra.enabled:
         raise ConfigError(
             "clients: no gateway keys and no Entra ID callers (GATEWAY_ENTRA_TENANT_ID, GATEWAY_ENTRA_AUDIENCE) "
@@ -158,6 +182,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         key_refresh_seconds=_positive_float(
             env.get("GATEWAY_KEY_REFRESH_SECONDS", "300"), "GATEWAY_KEY_REFRESH_SECONDS"
         ),
+        entra_default_client=default_client,
         warnings=tuple(warnings),
     )
 
@@ -219,7 +244,25 @@ def _host(raw: Any, where: str) -> Host:
         priority=_positive_int(item.get("priority", 1), f"{where}.priority"),
         weight=_positive_float(item.get("weight", 1), f"{where}.weight"),
         auth=_auth(item.get("auth", {"type": "entra"}), f"{where}.auth"),
+        probe=_probe(item.get("probe", {}), f"{where}.probe"),
     )
+
+
+_PROBE_PATH = re.compile(r"^/openai/[A-Za-z0-9/_.-]{1,200}$")
+
+
+def _probe(raw: Any, where: str) -> ProbeSpec:
+    item = _object(raw, where)
+    for key in item:
+        if key not in ("path", "api_version"):
+            raise ConfigError(f"{where}.{key}: unknown setting (path, api_version)")
+    path = item.get("path", ProbeSpec.path)
+    if not isinstance(path, str) or not _PROBE_PATH.fullmatch(path) or ".." in path:
+        raise ConfigError(f"{where}.path: must be a path under /openai/ (letters, digits, / _ . -)")
+    version = item.get("api_version", ProbeSpec.api_version if "path" not in item else None)
+    if version is not None and (not isinstance(version, str) or not re.fullmatch(r"[A-Za-z0-9.-]{1,40}", version)):
+        raise ConfigError(f"{where}.api_version: must be an api-version such as 2024-10-21, or null")
+    return ProbeSpec(path, version)
 
 
 def _auth(raw: Any, where: str) -> HostAuth:
@@ -249,16 +292,26 @@ def _clients(raw: Any, env: Mapping[str, str], warnings: list[str]) -> tuple[Cli
     if not isinstance(raw, list):
         raise ConfigError("clients: must be a list")
     clients = []
+    seen: set[str] = set()
     for i, item_raw in enumerate(raw):
         where = f"clients[{i}]"
         item = _object(item_raw, where)
         name = _string(item.get("name"), f"{where}.name")
+        if not _CLIENT_NAME.fullmatch(name):
+            raise ConfigError(f"{where}.name: letters, digits, '.', '_' and '-' only (at most 64)")
+        if name in seen:
+            raise ConfigError(f"{where}.name: client {name!r} is listed twice")
+        seen.add(name)
+        for key in item:
+            if key not in _CLIENT_FIELDS:
+                raise ConfigError(f"{where}.{key}: unknown setting")
         settings = item.get("key_settings", [item.get("key_setting")] if "key_setting" in item else [])
         secrets = item.get("key_secrets", [])
-        if not isinstance(settings, list) or not isinstance(secrets, list) or not (settings or secrets):
+        app_ids = _app_ids(item.get("entra_app_ids", []), f"{where}.entra_app_ids")
+        if not isinstance(settings, list) or not isinstance(secrets, list) or not (settings or secrets or app_ids):
             raise ConfigError(
                 f"{where}.key_setting: name the app setting (or key_secrets: the Key Vault secrets) "
-                "that hold this client's key"
+                "that hold this client's key, or the entra_app_ids that act as it"
             )
         for j, secret in enumerate(secrets):
             if not isinstance(secret, str) or not _SECRET_NAME.fullmatch(secret):
@@ -274,11 +327,82 @@ def _clients(raw: Any, env: Mapping[str, str], warnings: list[str]) -> tuple[Cli
                 warnings.append(f"{setting_name}: {_UNRESOLVED}; client {name!r} cannot use that key")
             elif value:  # during a rotation the second setting may be empty
                 keys.append(Secret(value))
-        if keys or secrets:
-            clients.append(Client(name, tuple(keys), tuple(secrets)))
+        if keys or secrets or app_ids:
+            clients.append(
+                Client(
+                    name,
+                    tuple(keys),
+                    tuple(secrets),
+                    limits=_limits(item.get("limits", {}), f"{where}.limits", nested=True),
+                    deployment_limits=_deployment_limits(item.get("limits", {}), f"{where}.limits"),
+                    priority=_choice(item.get("priority", "normal"), ("normal", "low"), f"{where}.priority"),
+                    admin=_bool(item.get("admin", False), f"{where}.admin"),
+                    entra_app_ids=app_ids,
+                )
+            )
         elif not any(_unresolved(env.get(str(x), "").strip()) for x in settings):
             raise ConfigError(f"{', '.join(settings)}: app setting with the key of client {name!r} is not set")
+    owners: dict[str, str] = {}
+    for client in clients:
+        for app_id in client.entra_app_ids:
+            if owners.setdefault(app_id, client.name) != client.name:
+                raise ConfigError(
+                    f"clients: Entra application {app_id} is listed by {owners[app_id]!r} and {client.name!r}"
+                )
     return tuple(clients)
+
+
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_CLIENT_FIELDS = frozenset(
+    {"name", "key_setting", "key_settings", "key_secrets", "limits", "priority", "admin", "entra_app_ids"}
+)
+_LIMIT_FIELDS = ("tpm", "rpm", "tokens_per_day")
+_APP_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
+
+
+def _limits(raw: Any, where: str, *, nested: bool) -> Limits:
+    item = _object(raw, where)
+    values: dict[str, int] = {}
+    for key, value in item.items():
+        if key == "deployments" and nested:
+            continue
+        if key not in _LIMIT_FIELDS:
+            raise ConfigError(
+                f"{where}.{key}: unknown limit ({', '.join(_LIMIT_FIELDS)}" + (", deployments)" if nested else ")")
+            )
+        values[key] = _positive_int(value, f"{where}.{key}")
+    return Limits(**values)
+
+
+def _deployment_limits(raw: Any, where: str) -> dict[str, Limits]:
+    table = _object(_object(raw, where).get("deployments", {}), f"{where}.deployments")
+    return {name: _limits(value, f"{where}.deployments.{name}", nested=False) for name, value in table.items()}
+
+
+def _app_ids(raw: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(x, str) and _APP_ID.fullmatch(x) for x in raw):
+        raise ConfigError(f"{where}: must be a list of application (client) ids")
+    return tuple(x.lower() for x in raw)
+
+
+def _default_client(raw: Any, clients: tuple[Client, ...]) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or raw not in {c.name for c in clients}:
+        raise ConfigError("entra_default_client: must name a client listed in 'clients'")
+    return raw
+
+
+def _choice(raw: Any, allowed: tuple[str, ...], where: str) -> str:
+    if raw not in allowed:
+        raise ConfigError(f"{where}: must be one of {', '.join(allowed)}")
+    return str(raw)
+
+
+def _bool(raw: Any, where: str) -> bool:
+    if not isinstance(raw, bool):
+        raise ConfigError(f"{where}: must be true or false")
+    return raw
 
 
 _SECRET_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
@@ -300,6 +424,7 @@ _POSITIVE_DURATIONS = frozenset(
         "deadline_seconds",
         "connect_timeout_seconds",
         "stream_idle_timeout_seconds",
+        "response_header_timeout_seconds",
     }
 )
 
@@ -318,6 +443,10 @@ def _routing(raw: Any) -> Routing:
             values[key] = _positive_int(value, f"routing.{key}")
         elif key in _POSITIVE_DURATIONS:
             values[key] = _positive_float(value, f"routing.{key}")
+        elif key == "low_priority_reserve":
+            values[key] = _non_negative_float(value, f"routing.{key}")
+            if values[key] >= 1:
+                raise ConfigError("routing.low_priority_reserve: must be a fraction below 1")
         else:
             values[key] = _non_negative_float(value, f"routing.{key}")
     return Routing(**values)

@@ -8,6 +8,7 @@ sign-in). A static token exists only for local simulators, which cannot verify E
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -18,8 +19,11 @@ from azure.core.credentials_async import AsyncTokenCredential
 from shared.config import CredentialSettings
 
 SCOPE = "https://cognitiveservices.azure.com/.default"
-# Refresh this long before expiry, so no request ever carries a token about to lapse.
+# Refresh this long before expiry (or at half the token's life, if that is sooner), in the background.
 REFRESH_MARGIN_SECONDS = 300.0
+# After a failed fetch, callers without a valid token fail at once for this long instead of queueing on
+# the identity endpoint; the next caller after it tries again.
+FAILURE_HOLD_SECONDS = 0.5
 
 
 class TokenProvider(Protocol):
@@ -32,7 +36,11 @@ class CredentialError(Exception):
 
 
 class BearerTokenProvider:
-    """Caches the token and refreshes it once (not once per waiting request) shortly before expiry."""
+    """One cached token for every request; refreshed once, ahead of expiry, without making requests wait.
+
+    While the token is still valid a failed refresh changes nothing (it is retried); only when no valid
+    token is left do requests fail, and then fast: a failure is remembered for FAILURE_HOLD_SECONDS.
+    """
 
     def __init__(
         self,
@@ -46,28 +54,48 @@ class BearerTokenProvider:
         self._scope = scope
         self._wall_time = wall_time
         self._token: AccessToken | None = None
-        self._lock = asyncio.Lock()
+        self._refresh_at = 0.0  # wall time from which the token is refreshed in the background
+        self._fetch: asyncio.Task[AccessToken] | None = None
+        self._failure: CredentialError | None = None
+        self._failed_at = -math.inf
         self._closers = closers
 
     async def token(self) -> str:
-        if self._fresh():
-            assert self._token is not None
-            return self._token.token
-        async with self._lock:
-            if not self._fresh():
-                try:
-                    self._token = await self._credential.get_token(self._scope)
-                except Exception as exc:  # noqa: BLE001 - many types; none may leak
-                    raise CredentialError(
-                        f"could not get an Entra ID token for {self._scope}: {type(exc).__name__}"
-                    ) from None
-            assert self._token is not None
-            return self._token.token
+        now = self._wall_time()
+        token = self._token
+        if token is not None and token.expires_on > now:
+            if now >= self._refresh_at and now - self._failed_at >= FAILURE_HOLD_SECONDS:
+                self._start_fetch()  # ahead of expiry: this request still goes with the current token
+            return token.token
+        if self._failure is not None and now - self._failed_at < FAILURE_HOLD_SECONDS:
+            raise self._failure
+        # Shielded: one caller going away must not abort the fetch the others are waiting for.
+        return (await asyncio.shield(self._start_fetch())).token
 
-    def _fresh(self) -> bool:
-        return self._token is not None and self._token.expires_on - REFRESH_MARGIN_SECONDS > self._wall_time()
+    def _start_fetch(self) -> asyncio.Task[AccessToken]:
+        if self._fetch is None:
+            self._fetch = asyncio.create_task(self._get())
+            # A background refresh may fail with nobody awaiting it: the failure is kept in _failure.
+            self._fetch.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return self._fetch
+
+    async def _get(self) -> AccessToken:
+        try:
+            token = await self._credential.get_token(self._scope)
+        except Exception as exc:  # noqa: BLE001 - many types; none may leak
+            self._failure = CredentialError(f"could not get an Entra ID token for {self._scope}: {type(exc).__name__}")
+            self._failed_at = self._wall_time()
+            raise self._failure from None
+        finally:
+            self._fetch = None
+        issued = self._wall_time()
+        self._token, self._failure = token, None
+        self._refresh_at = token.expires_on - min(REFRESH_MARGIN_SECONDS, (token.expires_on - issued) / 2)
+        return token
 
     async def close(self) -> None:
+        if self._fetch is not None:
+            self._fetch.cancel()
         await self._credential.close()
         for closer in self._closers:
             await closer.close()

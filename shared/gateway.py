@@ -1,7 +1,9 @@
-"""The composition root: builds every part from Settings once per process and adapts HTTP to the router.
+"""The composition root: builds every part from Settings once per process and hands HTTP to the router.
 
 function_app.py hands each trigger to one Gateway. I/O resources (the pooled aiohttp session, the
-credential, the ledger's background flush) start lazily inside the running event loop.
+credential, the ledger's background flush) start lazily inside the running event loop. A
+configuration that does not load still gives an app that indexes and answers: every route says
+503 and names the error (`Misconfigured`), so an operator sees why instead of a missing function.
 """
 
 from __future__ import annotations
@@ -16,23 +18,31 @@ import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
+from shared import status as status_
+from shared import web
 from shared.affinity import AffinityStore, MemoryAffinityStore, TableAffinityStore
+from shared.aggregation import Aggregator
 from shared.auth import Authenticator, EntraBearer
 from shared.clock import Clock, ScaledClock
-from shared.config import Settings, load_settings
+from shared.cluster import Host
+from shared.config import ConfigError, Settings, load_settings
 from shared.credentials import CredentialError, TokenProvider, build_token_provider
+from shared.dispatch import Dispatcher
 from shared.entra import EntraValidator, JwksCache, aiohttp_jwks_fetcher
 from shared.errors import GatewayError
 from shared.health import HealthBoard, OutlierPolicy
 from shared.health_store import HealthStore, MemoryHealthStore, TableHealthStore
 from shared.keys import SecretFetcher
 from shared.ledger import Ledger, LocalLedger
+from shared.placement import Placement
 from shared.probe import probe_host
-from shared.proxy import Outgoing, Proxy
+from shared.proxy import Proxy
+from shared.record import RequestRecord
 from shared.storage import AFFINITY_TABLE, HEALTH_TABLE, USAGE_TABLE, table_client
 from shared.table_ledger import TableLedger
+from shared.upstream import Upstream
 
 log = logging.getLogger("gateway")
 _JSON = {"content-type": "application/json"}
@@ -75,10 +85,6 @@ class Gateway:
         self._starting = asyncio.Lock()
         self._credential_failing = False
 
-    @classmethod
-    def from_environment(cls) -> Gateway:
-        return cls(load_settings())
-
     async def _start(self) -> Proxy:
         if self._proxy is not None:
             return self._proxy
@@ -107,18 +113,24 @@ class Gateway:
                 if self.authenticator.keys.secret_names:
                     await self._follow_key_secrets()
                 self._ledger = self._build_ledger()
-                self._proxy = Proxy(
-                    cluster=self.settings.cluster,
+                placement = Placement(
+                    self.settings.cluster, self._affinity, self.health, routing.default_cooldown_seconds
+                )
+                dispatcher = Dispatcher(
                     routing=routing,
                     ledger=self._ledger,
-                    affinity=self._affinity,
                     health=self.health,
-                    authenticator=self.authenticator,
-                    tokens=self._tokens,
-                    host_keys=self.settings.host_keys,
-                    session=self._session,
+                    upstream=Upstream(self._session, self._tokens, self.settings.host_keys, self.clock, routing),
+                    placement=placement,
                     clock=self.clock,
                     rng=self._rng,
+                )
+                self._proxy = Proxy(
+                    routing=routing,
+                    authenticator=self.authenticator,
+                    placement=placement,
+                    dispatcher=dispatcher,
+                    aggregator=Aggregator(dispatcher, placement, routing.default_cooldown_seconds),
                 )
         return self._proxy
 
@@ -213,78 +225,57 @@ class Gateway:
             await self.clock.sleep(interval)
 
     async def handle(self, request: Request) -> Response:
+        record = RequestRecord(request.method, web.path_of(request))
         try:
             proxy = await self._start()
         except GatewayError as exc:
-            return _error(exc)
-        raw_path = request.scope.get("raw_path")
-        path = raw_path.decode("latin-1").partition("?")[0] if raw_path else request.url.path
-        outgoing = await proxy.handle(
-            request.method,
-            path,
-            request.query_params.multi_items(),
-            request.headers,
-            lambda limit: _read_body(request, limit),
-        )
-        return _to_response(outgoing)
+            return web.error_response(exc, record)
+        return await web.serve(request, proxy.handle, record)
 
     async def healthz(self, request: Request) -> Response:
-        """For the Application Gateway's probe: 200 while at least one host can serve."""
+        """Liveness, what the Application Gateway probes: 200 while this process can answer.
+
+        Taking the only backend out of the load balancer's pool would only swap the gateway's clear
+        OpenAI-shaped errors for the load balancer's own HTML 502, so host trouble is /readyz's business.
+        """
         try:
             await self._start()
         except GatewayError as exc:
-            return _error(exc)
-        hosts = self.settings.cluster.all_hosts()
-        serving = [h.name for h in hosts if self.health.recovers_in(h.key) != float("inf")]
-        status = 200 if serving else 503
-        return Response(
-            json.dumps({"status": "ok" if serving else "unavailable", "hosts": len(serving)}), status, _JSON
-        )
+            return web.error_response(exc, RequestRecord(request.method, web.path_of(request)))
+        serving = {logical: self._servable(hosts) for logical, hosts in self.settings.cluster.deployments.items()}
+        body = {"status": "ok", "serving": [name for name, hosts in serving.items() if hosts]}
+        return Response(json.dumps(body), 200, _JSON)
+
+    async def readyz(self, request: Request) -> Response:
+        """Readiness: 200 while at least one host can serve (probe-only verdicts aside: panic mode would use them)."""
+        try:
+            await self._start()
+        except GatewayError as exc:
+            return web.error_response(exc, RequestRecord(request.method, web.path_of(request)))
+        serving = {logical: self._servable(hosts) for logical, hosts in self.settings.cluster.deployments.items()}
+        ready = any(serving.values())
+        body = {"status": "ready" if ready else "unavailable", "deployments": serving}
+        return Response(json.dumps(body), 200 if ready else 503, _JSON)
+
+    def _servable(self, hosts: tuple[Host, ...]) -> list[str]:
+        return [h.name for h in hosts if self.health.ready_in(h.key, None) == 0.0]
 
     async def status(self, request: Request) -> Response:
         """Per-host health, cooldown and window usage against quota; no secrets, callers must authenticate."""
+        record = RequestRecord(request.method, web.path_of(request))
         try:
-            await self._start()
+            proxy = await self._start()
             await self.authenticator.authenticate(request.headers)
         except GatewayError as exc:
-            return _error(exc)
-        return Response(json.dumps(self.describe(), indent=2), 200, _JSON)
+            return web.error_response(exc, record)
+        assert self._ledger is not None
+        report = status_.describe(self.settings, self._ledger, self.health, proxy.in_flight, self.clock.wall())
+        return Response(json.dumps(report, indent=2), 200, _JSON)
 
-    def describe(self) -> dict[str, Any]:
-        assert self._ledger is not None and self._proxy is not None
-        served = self._ledger.usage()
-        deployments: dict[str, list[dict[str, Any]]] = {}
-        for logical, hosts in self.settings.cluster.deployments.items():
-            deployments[logical] = []
-            for host in hosts:
-                free_tokens, free_requests = self._ledger.headroom(host.key, host.tpm, host.rpm)
-                usage = served.get(host.key)
-                deployments[logical].append(
-                    {
-                        "name": host.name,
-                        "deployment": host.deployment,
-                        "endpoint": host.endpoint,
-                        "priority": host.priority,
-                        "weight": host.weight,
-                        "tpm": host.tpm,
-                        "rpm": host.rpm,
-                        "window_tokens": round(self._ledger.window_tokens(host.key)),
-                        "own_window_tokens": round(self._ledger.own_window_tokens(host.key)),
-                        "free_tokens": round(free_tokens),
-                        "free_requests": round(free_requests),
-                        "served_tokens": usage.tokens if usage else 0,
-                        "served_requests": usage.requests if usage else 0,
-                        "by_client": dict(usage.by_client) if usage else {},
-                        **self.health.describe(host.key),
-                    }
-                )
-        ledger = self._ledger.describe()
-        return {
-            "instance": self.settings.instance_id,
-            "in_flight": self._proxy.in_flight,
-            "ledger": ledger,
-            "deployments": deployments,
-        }
+    async def not_found(self, request: Request) -> Response:
+        """Every path the gateway does not serve: OpenAI's 404 shape, not the platform's plain text."""
+        error = GatewayError(404, "NotFound", "Resource not found.")
+        return web.error_response(error, RequestRecord(request.method, web.path_of(request)))
 
     async def probe(self) -> None:
         """The timer trigger: probe every host, publish, and apply the results here at once."""
@@ -295,7 +286,12 @@ class Gateway:
         assert self._session is not None and self._tokens is not None
         hosts = self.settings.cluster.all_hosts()
         timeout = min(10.0, self.clock.to_real(self.settings.routing.connect_timeout_seconds * 2))
-        headers = [await self._probe_headers(host.key) for host in hosts]
+        try:
+            headers = [await self._probe_headers(host.key) for host in hosts]
+        except CredentialError as exc:
+            # The gateway's own identity failed: that says nothing about the hosts, so no verdict this round.
+            log.warning("probe skipped: %s", exc)
+            return
         results = await asyncio.gather(
             *(
                 probe_host(self._session, host, h, previous=self.health.probe_result(host.key), timeout_seconds=timeout)
@@ -325,10 +321,7 @@ class Gateway:
         key = self.settings.host_keys.get(host_key)
         if key is not None:
             return {"api-key": key.reveal()}
-        try:
-            return {"authorization": "Bearer " + await self._tokens.token()}
-        except Exception:  # noqa: BLE001 - reported by the probe as a 401 from upstream; never crash the timer
-            return {}
+        return {"authorization": "Bearer " + await self._tokens.token()}
 
     async def close(self) -> None:
         for task in self._background:
@@ -347,26 +340,6 @@ class Gateway:
             await self._tokens.close()
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """Read at most `limit` bytes; answer 413 as soon as the body is known to be larger."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise GatewayError(400, "invalid_request", "Content-Length is not a number.")
-        if int(declared) > limit:
-            raise GatewayError(
-                413, "request_too_large", f"The request body exceeds the gateway's limit of {limit} bytes."
-            )
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise GatewayError(
-                413, "request_too_large", f"The request body exceeds the gateway's limit of {limit} bytes."
-            )
-    return bytes(body)
-
-
 def _vault_fetcher(client: Any) -> SecretFetcher:
     async def fetch(name: str) -> str | None:
         try:
@@ -379,11 +352,31 @@ def _vault_fetcher(client: Any) -> SecretFetcher:
     return fetch
 
 
-def _error(exc: GatewayError) -> Response:
-    return _to_response(Outgoing(exc.status, exc.headers(), exc.body()))
+class Misconfigured:
+    """What function_app.py serves when the configuration does not load: every route names the error."""
+
+    def __init__(self, error: ConfigError) -> None:
+        self.error = str(error)
+        log.error("configuration error: %s", self.error)
+
+    def _answer(self, request: Request) -> Response:
+        exc = GatewayError(503, "GatewayMisconfigured", f"The gateway's configuration is invalid: {self.error}")
+        return web.error_response(exc, RequestRecord(request.method, web.path_of(request)))
+
+    async def handle(self, request: Request) -> Response:
+        return self._answer(request)
+
+    healthz = readyz = status = not_found = handle
+
+    async def probe(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
 
 
-def _to_response(outgoing: Outgoing) -> Response:
-    if outgoing.stream is not None:
-        return StreamingResponse(outgoing.stream, outgoing.status, outgoing.headers)
-    return Response(outgoing.body, outgoing.status, outgoing.headers)
+def from_environment() -> Gateway | Misconfigured:
+    try:
+        return Gateway(load_settings())
+    except ConfigError as exc:
+        return Misconfigured(exc)

@@ -1,5 +1,13 @@
-"""Host health: passive outlier detection (cooldowns after 429, ejections after failures) and the
-results of active probing, combined into one answer: may this host take a request now?
+"""Host health: passive outlier detection (cooldowns after 429s, ejections after failures) and the
+verdicts of active health checking, ranked: live traffic outranks probes.
+
+A 429 is about one request, not the whole deployment (azure-openai-facts.md): a token-limit 429
+makes the host ineligible only for requests at least that large until its Retry-After; a
+request-limit or capacity 429 closes it for every metered request. Ejections (5xx, timeouts,
+refused connections, a refused credential) close it for everything. A failing probe excludes a host
+only until live traffic succeeds there; when probes alone would exclude every host of a deployment,
+the balancer routes to them anyway (panic mode, see balancer.py) and this board remembers it for
+/status and the log.
 
 Pure state with an injected clock; the prober that feeds `set_probe` lives in probe.py.
 """
@@ -14,6 +22,7 @@ from typing import Any
 from shared.clock import Clock
 
 _CAPACITY_MARKERS = ("high demand", "capacity", "overloaded")
+MAX_TOKEN_BLOCKS = 8  # per host: the few sizes a burst of large requests can leave behind
 
 
 @dataclass(frozen=True)
@@ -27,13 +36,16 @@ class ProbeResult:
 
 @dataclass
 class _State:
-    cooldown_until: float = 0.0
+    cooldown_until: float = 0.0  # every metered request waits (request-limit or capacity 429)
     cooldown_reason: str = ""
-    ejected_until: float = 0.0
+    token_blocks: list[tuple[int, float]] = field(default_factory=list)  # (cost, until): requests >= cost wait
+    ejected_until: float = 0.0  # every request waits
     ejection_reason: str = ""
     consecutive_failures: int = 0
     ejections: int = 0
     probe: ProbeResult | None = None
+    probe_failing_since: float | None = None  # clock time the applied probe verdict turned unhealthy
+    live_ok_at: float | None = None  # clock time of the last live success
     last_error: str = ""
 
 
@@ -51,18 +63,43 @@ class HealthBoard:
     clock: Clock
     policy: OutlierPolicy = field(default_factory=OutlierPolicy)
     _states: dict[str, _State] = field(default_factory=dict)
+    _panic: dict[str, float] = field(default_factory=dict)  # deployment -> clock time panic mode began
 
     def _state(self, key: str) -> _State:
-        return self._states.setdefault(key, _State())
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = _State()
+        return state
+
+    def _duration(self, seconds: float | None) -> float:
+        duration = self.policy.default_cooldown_seconds if seconds is None else seconds
+        return min(max(duration, 0.0), self.policy.max_cooldown_seconds)
 
     def cool_down(self, key: str, seconds: float | None, reason: str) -> float:
-        """After a 429: keep the host out for what it asked (bounded); returns the duration used."""
-        duration = self.policy.default_cooldown_seconds if seconds is None else seconds
-        duration = min(max(duration, 0.0), self.policy.max_cooldown_seconds)
+        """A request-limit or capacity 429: the host takes no metered request for that long (bounded)."""
+        duration = self._duration(seconds)
         state = self._state(key)
         state.cooldown_until = max(state.cooldown_until, self.clock.now() + duration)
         state.cooldown_reason = reason
         return duration
+
+    def block_tokens(self, key: str, cost: int, seconds: float | None) -> float:
+        """A token-limit 429 for a request of `cost`: requests at least that large wait that long."""
+        duration = self._duration(seconds)
+        until = self.clock.now() + duration
+        state = self._state(key)
+        blocks = [(c, u) for c, u in self._live_blocks(state) if not (c >= cost and u <= until)]
+        if not any(c <= cost and u >= until for c, u in blocks):  # not already covered by a smaller, longer one
+            blocks.append((cost, until))
+        blocks.sort()
+        state.token_blocks = blocks[:MAX_TOKEN_BLOCKS]
+        return duration
+
+    def _live_blocks(self, state: _State) -> list[tuple[int, float]]:
+        now = self.clock.now()
+        if any(until <= now for _, until in state.token_blocks):
+            state.token_blocks = [(c, u) for c, u in state.token_blocks if u > now]
+        return state.token_blocks
 
     def record_failure(self, key: str, reason: str) -> bool:
         """A 5xx, timeout or connection error; ejects after N in a row. True if now ejected."""
@@ -87,34 +124,79 @@ class HealthBoard:
         state.ejection_reason = reason
         state.consecutive_failures = 0
 
-    def record_success(self, key: str) -> None:
+    def record_success(self, key: str) -> bool:
+        """A live answer from the host. True when it contradicts a failing probe for the first time."""
         state = self._state(key)
+        now = self.clock.now()
         state.consecutive_failures = 0
-        if state.ejected_until <= self.clock.now():
+        if state.ejected_until <= now:
             state.ejections = 0
+        first = state.probe_failing_since is not None and (
+            state.live_ok_at is None or state.live_ok_at < state.probe_failing_since
+        )
+        state.live_ok_at = now
+        return first
 
     def set_probe(self, key: str, result: ProbeResult) -> None:
         state = self._state(key)
-        recovered = result.healthy and state.probe is not None and not state.probe.healthy
+        was_failing = state.probe is not None and not state.probe.healthy
         state.probe = result
-        if recovered:
-            # The active check saw it come back: end a passive ejection early.
-            state.ejected_until = 0.0
-            state.ejections = 0
+        if result.healthy:
+            state.probe_failing_since = None
+            if was_failing:
+                # The active check saw it come back: end a passive ejection early.
+                state.ejected_until = 0.0
+                state.ejections = 0
+        elif not was_failing:
+            state.probe_failing_since = self.clock.now()
 
     def probe_result(self, key: str) -> ProbeResult | None:
         return self._state(key).probe
 
-    def available(self, key: str) -> bool:
-        return self.recovers_in(key) == 0.0
-
-    def recovers_in(self, key: str) -> float:
-        """Clock seconds until the host may take traffic: 0 now, inf while a probe says it is down."""
+    def probe_down(self, key: str) -> bool:
+        """The probe says down and no live request has succeeded there since it started saying so."""
         state = self._state(key)
-        if state.probe is not None and not state.probe.healthy:
-            return math.inf
+        since = state.probe_failing_since
+        return since is not None and (state.live_ok_at is None or state.live_ok_at < since)
+
+    def probe_disagrees(self, key: str) -> bool:
+        """The probe says down, but live traffic succeeds there: live traffic wins."""
+        state = self._state(key)
+        return state.probe_failing_since is not None and not self.probe_down(key)
+
+    def ready_in(self, key: str, cost: int | None) -> float:
+        """Clock seconds until passive health lets the host take this request (0 = now).
+
+        `cost` None: an operation that uses no deployment's limits (files, reads): only ejections count.
+        """
+        state = self._state(key)
         now = self.clock.now()
-        return max(0.0, state.cooldown_until - now, state.ejected_until - now)
+        wait = state.ejected_until - now
+        if cost is not None:
+            wait = max(wait, state.cooldown_until - now)
+            for blocked_cost, until in self._live_blocks(state):
+                if cost >= blocked_cost:
+                    wait = max(wait, until - now)
+        return max(0.0, wait)
+
+    def available(self, key: str) -> bool:
+        """Could take an ordinary request now (what /readyz and /status report)."""
+        return not self.probe_down(key) and self.ready_in(key, 1) == 0.0
+
+    def note_panic(self, deployment: str, active: bool) -> bool:
+        """Record whether routing for `deployment` ignores probe verdicts now; True when that changed."""
+        if active == (deployment in self._panic):
+            return False
+        if active:
+            self._panic[deployment] = self.clock.now()
+        else:
+            del self._panic[deployment]
+        return True
+
+    def panic(self) -> Mapping[str, float]:
+        """Deployments in panic mode -> clock seconds since it began."""
+        now = self.clock.now()
+        return {deployment: now - since for deployment, since in self._panic.items()}
 
     def describe(self, key: str) -> dict[str, Any]:
         state = self._state(key)
@@ -124,9 +206,13 @@ class HealthBoard:
             "available": self.available(key),
             "cooldown_seconds": round(max(0.0, state.cooldown_until - now), 3),
             "cooldown_reason": state.cooldown_reason if state.cooldown_until > now else "",
+            "token_blocks": [
+                {"min_cost": cost, "seconds": round(until - now, 3)} for cost, until in self._live_blocks(state)
+            ],
             "ejected_seconds": round(max(0.0, state.ejected_until - now), 3),
             "ejection_reason": state.ejection_reason if state.ejected_until > now else "",
             "consecutive_failures": state.consecutive_failures,
+            "probe_disagrees": self.probe_disagrees(key),
             "probe": None
             if probe is None
             else {

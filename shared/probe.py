@@ -1,7 +1,8 @@
 """Active health checking: what the timer trigger runs against every host, spending no tokens.
 
-A GET of the resource's model list goes through the same authentication as real traffic, so it
-also catches the most common misconfiguration: the gateway's identity lacks its role (401/403).
+A GET of the resource's model list (or the host's configured probe request) goes through the same
+authentication as real traffic, so it also catches the most common misconfiguration: the gateway's
+identity lacks its role (401/403). A probe is only evidence: live traffic outranks it (health.py).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import aiohttp
 from shared.cluster import Host
 from shared.health import ProbeResult
 
-PROBE_API_VERSION = "2024-10-21"
-
 
 async def probe_host(
     session: aiohttp.ClientSession,
@@ -26,7 +25,7 @@ async def probe_host(
     timeout_seconds: float,
     wall_time: Callable[[], float] = time.time,
 ) -> ProbeResult:
-    url = f"{host.endpoint}/openai/models?api-version={PROBE_API_VERSION}"
+    url = host.probe.url(host.endpoint)
     started = time.perf_counter()
     try:
         timeout = aiohttp.ClientTimeout(total=timeout_seconds)

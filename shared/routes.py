@@ -64,6 +64,11 @@ class Route:
         return self.v1 and self.object_id is None and self.operation in OPERATIONS
 
     @property
+    def metered(self) -> bool:
+        """Inference, counted against a deployment's limits; files, batches, lists and object reads are not."""
+        return self.deployment is not None or self.by_model
+
+    @property
     def kind(self) -> str | None:
         """The kind of stateful object this path addresses or creates, if any."""
         return OBJECT_KINDS.get(self.operation)

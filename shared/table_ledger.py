@@ -20,13 +20,14 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.data.tables.aio import TableClient
 
 from shared.clock import Clock
-from shared.ledger import LocalLedger, Reservation, Usage
+from shared.ledger import HostUsage, LocalLedger, Reservation, TokenUsage, UsageKey, UsageRecord
 from shared.storage import ensure_table, safe_key
 
 log = logging.getLogger("gateway")
@@ -63,7 +64,7 @@ class TableLedger:
         *,
         window_seconds: float = 60.0,
         request_window_seconds: float = 10.0,
-        expiry_margin_seconds: float = 0.5,
+        expiry_margin_seconds: float = 0.1,
         flush_interval: float = 1.0,
         read_interval: float = 1.0,
     ) -> None:
@@ -78,7 +79,7 @@ class TableLedger:
             window_seconds=window_seconds,
             request_window_seconds=request_window_seconds,
             expiry_margin_seconds=expiry_margin_seconds,
-            others=self._others_now,
+            shared=self,
         )
         self._rows: dict[tuple[int, str], _Row] = {}
         self._others: dict[str, dict[int, tuple[float, float]]] = {}  # host -> slot -> (charged, requests)
@@ -88,50 +89,72 @@ class TableLedger:
         self._failing = False
 
     # -- the Ledger interface ------------------------------------------------------------------
-    def reserve(self, host_key: str, tokens: int, client: str) -> Reservation:
-        reservation = self._local.reserve(host_key, tokens, client)
+    def reserve(self, keys: tuple[str, ...], tokens: int, *, prompt: int, client: str, deployment: str) -> Reservation:
+        reservation = self._local.reserve(keys, tokens, prompt=prompt, client=client, deployment=deployment)
         reservation.slot = self._slot()
-        row = self._row(reservation.slot, host_key)
-        row.charged += tokens
-        row.requests += 1
+        for key in keys:
+            row = self._row(reservation.slot, key)
+            row.charged += tokens
+            row.requests += 1
         return reservation
 
-    def settle(self, reservation: Reservation, used: int | None) -> None:
+    def settle(self, reservation: Reservation, used: TokenUsage | None) -> None:
         if reservation.state != "open":
             return
         self._local.settle(reservation, used)
-        row = self._row(reservation.slot, reservation.host_key)
-        if used is not None and used > reservation.tokens:
-            row.charged += used - reservation.tokens
-        served = reservation.tokens if used is None else used
-        row.served += served
-        row.by_client[reservation.client] = row.by_client.get(reservation.client, 0) + served
+        for key in reservation.keys:
+            row = self._row(reservation.slot, key)
+            if used is not None and used.total > reservation.tokens:
+                row.charged += used.total - reservation.tokens
+            served = reservation.tokens if used is None else used.total
+            row.served += served
+            row.by_client[reservation.client] = row.by_client.get(reservation.client, 0) + served
 
     def release(self, reservation: Reservation) -> None:
         if reservation.state != "open":
             return
         self._local.release(reservation)
-        row = self._row(reservation.slot, reservation.host_key)
-        row.charged -= reservation.tokens
-        row.requests -= 1
+        for key in reservation.keys:
+            row = self._row(reservation.slot, key)
+            row.charged -= reservation.tokens
+            row.requests -= 1
 
     def observe(self, reservation: Reservation, remaining_tokens: int | None, remaining_requests: int | None) -> None:
         self._local.observe(reservation, remaining_tokens, remaining_requests)
 
-    def headroom(self, host_key: str, tpm: int, rpm: int) -> tuple[float, float]:
-        return self._local.headroom(host_key, tpm, rpm)
+    def surprised(self, key: str, requests: bool) -> None:
+        self._local.surprised(key, requests)
 
-    def seconds_until(self, host_key: str, tokens: int, tpm: int, rpm: int) -> float:
-        return self._local.seconds_until(host_key, tokens, tpm, rpm)
+    def headroom(self, key: str, tpm: int, rpm: int) -> tuple[float, float]:
+        return self._local.headroom(key, tpm, rpm)
 
-    def window_tokens(self, host_key: str) -> float:
-        return self._local.window_tokens(host_key) + self._others_now(host_key)[0]
+    def seconds_until(self, key: str, tokens: int, tpm: int, rpm: int) -> float:
+        return self._local.seconds_until(key, tokens, tpm, rpm)
 
-    def own_window_tokens(self, host_key: str) -> float:
-        return self._local.window_tokens(host_key)
+    def window_tokens(self, key: str) -> float:
+        return self._local.window_tokens(key)
 
-    def usage(self) -> Mapping[str, Usage]:
-        return self._local.usage()
+    def own_window_tokens(self, key: str) -> float:
+        return self._local.own_window_tokens(key)
+
+    def day_tokens(self, client: str, deployment: str | None = None) -> int:
+        return self._local.day_tokens(client, deployment)
+
+    def host_usage(self) -> Mapping[str, HostUsage]:
+        return self._local.host_usage()
+
+    def records(self) -> Mapping[UsageKey, UsageRecord]:
+        return self._local.records()
+
+    async def usage_report(self, first: date, last: date) -> Mapping[UsageKey, UsageRecord]:
+        return await self._local.usage_report(first, last)
+
+    # -- SharedView: what the other instances used ----------------------------------------------
+    def window(self, key: str) -> tuple[float, float]:
+        return self._others_now(key)
+
+    def day(self, client: str, deployment: str | None) -> int:
+        return 0
 
     # -- shared state ----------------------------------------------------------------------------
     def _slot(self) -> int:

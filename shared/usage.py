@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
+
+from shared.ledger import TokenUsage
 
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
@@ -18,12 +19,12 @@ TOKENS_PER_MESSAGE = 4
 STREAM_USAGE_MIN_API_VERSION = "2024-09-01"
 
 
-def estimate_cost(operation: str, body: Mapping[str, Any] | None, default_max_tokens: int) -> int:
-    """Tokens Azure will charge at admission for this request; 0 for operations without a token quota."""
+def estimate(operation: str, body: Mapping[str, Any] | None, default_max_tokens: int) -> tuple[int, int]:
+    """(prompt, completion budget) Azure will charge at admission; (0, 0) for operations without a token quota."""
     if body is None:
-        return 0
+        return 0, 0
     if operation == "embeddings":
-        return _count_input(body.get("input"))
+        return _count_input(body.get("input")), 0
     if operation == "chat/completions":
         prompt = _count_messages(body.get("messages")) + _chars_tokens(_json_len(body.get("tools")))
     elif operation == "completions":
@@ -31,10 +32,10 @@ def estimate_cost(operation: str, body: Mapping[str, Any] | None, default_max_to
     elif operation == "responses":
         prompt = _count_input(body.get("input")) + _chars_tokens(_text_len(body.get("instructions")))
     else:
-        return 0
+        return 0, 0
     completion = _first_int(body, ("max_completion_tokens", "max_tokens", "max_output_tokens"))
     choices = max(_first_int(body, ("n",)) or 1, _first_int(body, ("best_of",)) or 1)
-    return prompt + (completion or default_max_tokens) * choices
+    return prompt, (completion or default_max_tokens) * choices
 
 
 def _first_int(body: Mapping[str, Any], names: tuple[str, ...]) -> int | None:
@@ -81,23 +82,35 @@ def _json_len(value: Any) -> int:
     return len(json.dumps(value)) if value else 0
 
 
-def usage_tokens(usage: Any) -> int | None:
-    """Total tokens from a chat/completions/embeddings or Responses `usage` object."""
+def usage_tokens(usage: Any) -> TokenUsage | None:
+    """Prompt and completion tokens from any `usage` object: chat/completions/embeddings, Responses, audio, images."""
     if not isinstance(usage, dict):
         return None
-    total = usage.get("total_tokens")
-    if isinstance(total, int):
-        return total
-    parts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")]
-    numbers = [p for p in parts if isinstance(p, int)]
-    return sum(numbers) if numbers else None
+    prompt = _int(usage.get("prompt_tokens"), usage.get("input_tokens"))
+    completion = _int(usage.get("completion_tokens"), usage.get("output_tokens"))
+    if prompt is None and completion is None:
+        total = _int(usage.get("total_tokens"))
+        return None if total is None else TokenUsage(total, 0)
+    return TokenUsage(prompt or 0, completion or 0)
 
 
-def usage_from_json(body: bytes) -> int | None:
+def _int(*values: Any) -> int | None:
+    for value in values:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def json_or_none(content: bytes) -> Any:
+    """The JSON in `content`, or None when it is not JSON (or nests too deep to parse)."""
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
+
+
+def usage_from_json(body: bytes) -> TokenUsage | None:
+    doc = json_or_none(body)
     if not isinstance(doc, dict):
         return None
     if "usage" in doc:
@@ -118,30 +131,38 @@ def wants_stream_usage(body: Mapping[str, Any]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-@dataclass
-class SseEvent:
-    raw: bytes  # the whole event, terminator included, exactly as received
-    usage: int | None
-    is_usage_only: bool  # the extra chunk include_usage adds: empty choices, usage set
-
-
 _USAGE_NULL = b',"usage":null'
-# A Responses stream ends with one of these events instead of chat's `data: [DONE]`.
-_RESPONSES_END = frozenset({b"event: response.completed", b"event: response.failed", b"event: response.incomplete"})
+# Streams that do not end with `data: [DONE]` end with one of these events (named in `event:` or in the
+# payload's `type`): Responses, audio transcription and speech, image generation and edits; and an in-band error.
+TERMINAL_EVENTS = frozenset(
+    {
+        "response.completed",
+        "response.failed",
+        "response.incomplete",
+        "transcript.text.done",
+        "speech.audio.done",
+        "image_generation.completed",
+        "image_edit.completed",
+        "error",
+    }
+)
+# Cheap byte tests before an event is parsed to see whether it is one of those.
+_TERMINAL_HINTS = (b".completed", b".done", b".failed", b".incomplete", b"error")
 
 
 class SseScanner:
     """Splits an SSE byte stream into whole events as they complete; never holds more than one event.
 
-    With `strip_usage` (the gateway asked for usage the client did not), the extra usage chunk is
-    reported for removal and the `"usage":null` that include_usage adds to every chunk is taken out,
-    so the client receives what Azure would have sent it.
+    `done` tells whether the stream reached its own end (`[DONE]` in either spacing, or a terminal
+    event); unknown event types pass through untouched. With `strip_usage` (the gateway asked for
+    usage the client did not), the extra usage chunk is removed and the `"usage":null` that
+    include_usage adds to every chunk is taken out, so the client receives what Azure would have sent.
     """
 
     def __init__(self, strip_usage: bool = False) -> None:
         self._buffer = b""
         self._strip = strip_usage
-        self.usage: int | None = None
+        self.usage: TokenUsage | None = None
         self.done = False
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -162,21 +183,40 @@ class SseScanner:
         return rest
 
     def _event(self, event: bytes) -> bytes:
-        if event.startswith(b"data: [DONE]") or event.split(b"\n", 1)[0].rstrip(b"\r") in _RESPONSES_END:
+        if b"[DONE]" in event and _is_done(event):
+            self.done = True
+            return event
+        if any(hint in event for hint in _TERMINAL_HINTS) and event_type(event) in TERMINAL_EVENTS:
             self.done = True
         if b'"usage"' not in event:
             return event
         payload = data_payload(event)
-        response = payload.get("response") if isinstance(payload, dict) else None
+        if not isinstance(payload, dict):
+            return event
+        response = payload.get("response")
         if isinstance(response, dict) and response.get("usage") is not None:
             self.usage = usage_tokens(response["usage"])  # response.completed carries the whole response
-        elif isinstance(payload, dict) and payload.get("usage") is not None:
+        elif payload.get("usage") is not None:
             self.usage = usage_tokens(payload["usage"])
             if self._strip and payload.get("choices") == []:
                 return b""
         if self._strip:
             return event.replace(_USAGE_NULL, b"")
         return event
+
+
+def _is_done(event: bytes) -> bool:
+    return any(line.startswith(b"data:") and line[5:].strip() == b"[DONE]" for line in event.splitlines())
+
+
+def event_type(event: bytes) -> str | None:
+    """The SSE `event:` name, else the JSON payload's `type`."""
+    for line in event.splitlines():
+        if line.startswith(b"event:"):
+            return line[6:].strip().decode("utf-8", "replace")
+    payload = data_payload(event)
+    kind = payload.get("type") if isinstance(payload, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _event_end(buffer: bytes) -> int:
@@ -192,7 +232,4 @@ def _event_end(buffer: bytes) -> int:
 def data_payload(event: bytes) -> Any:
     """The JSON of one SSE event's data lines; None when it is not JSON."""
     lines = [line[5:].lstrip() for line in event.splitlines() if line.startswith(b"data:")]
-    try:
-        return json.loads(b"\n".join(lines))
-    except (ValueError, UnicodeDecodeError):
-        return None
+    return json_or_none(b"\n".join(lines))

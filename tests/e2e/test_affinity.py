@@ -173,9 +173,11 @@ def test_when_home_is_down_the_answer_is_503_naming_it_never_another_region(stac
     response_id, home = raw.parse().id, raw.headers["x-gateway-backend"]
     stack.set_faults(home, down=True)
     try:
+        # The read first: a connection the outage cut may still sit in the gateway's pool, and only an idempotent
+        # request may be re-sent on a fresh one; a create that went out on it could have reached the region.
         for call in (
-            lambda: client.responses.create(model=CHAT, input="more", previous_response_id=response_id),
             lambda: client.responses.retrieve(response_id),
+            lambda: client.responses.create(model=CHAT, input="more", previous_response_id=response_id),
         ):
             with pytest.raises(openai.APIStatusError) as caught:
                 call()

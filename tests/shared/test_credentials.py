@@ -10,6 +10,7 @@ from azure.core.credentials import AccessToken
 
 from shared.config import CredentialSettings, Secret
 from shared.credentials import (
+    FAILURE_HOLD_SECONDS,
     REFRESH_MARGIN_SECONDS,
     SCOPE,
     BearerTokenProvider,
@@ -57,18 +58,43 @@ def wall() -> Wall:
     return Wall()
 
 
-async def test_the_token_is_cached_until_the_refresh_margin(wall: Wall) -> None:
-    credential = FakeCredential(wall)
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_the_token_is_cached_and_refreshed_ahead_of_expiry_without_waiting(wall: Wall) -> None:
+    credential = FakeCredential(wall, ticks=3)
     provider = BearerTokenProvider(credential, wall_time=wall)  # type: ignore[arg-type]
     assert await provider.token() == "token-1"
     assert credential.calls == [(SCOPE,)]
     wall.now = T0 + LIFETIME - REFRESH_MARGIN_SECONDS - 1  # 5 min 1 s before expiry: still fresh
     assert await provider.token() == "token-1"
     assert len(credential.calls) == 1
-    wall.now = T0 + LIFETIME - REFRESH_MARGIN_SECONDS  # 5 min before expiry: refresh
+    wall.now = T0 + LIFETIME - REFRESH_MARGIN_SECONDS  # 5 min before expiry: refreshed in the background
+    assert await provider.token() == "token-1"  # this request does not wait for it
+    assert await provider.token() == "token-1"
+    await settle()
     assert await provider.token() == "token-2"
+    assert len(credential.calls) == 2  # one refresh, however many callers asked meanwhile
+
+
+async def test_a_short_lived_token_is_refreshed_at_half_its_life(wall: Wall) -> None:
+    class ShortLived(FakeCredential):
+        async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+            self.calls.append(scopes)
+            return AccessToken(f"token-{len(self.calls)}", int(self.wall.now) + 4)
+
+    credential = ShortLived(wall)
+    provider = BearerTokenProvider(credential, wall_time=wall)  # type: ignore[arg-type]
+    assert await provider.token() == "token-1"
+    wall.now = T0 + 1.9
+    assert await provider.token() == "token-1"
+    assert len(credential.calls) == 1
+    wall.now = T0 + 2
+    await provider.token()
+    await settle()
     assert await provider.token() == "token-2"
-    assert len(credential.calls) == 2
 
 
 async def test_concurrent_callers_share_one_refresh(wall: Wall) -> None:
@@ -83,7 +109,7 @@ async def test_concurrent_callers_share_one_refresh(wall: Wall) -> None:
     assert len(credential.calls) == 2
 
 
-async def test_a_credential_failure_becomes_a_safe_credential_error(wall: Wall) -> None:
+async def test_a_credential_failure_becomes_a_safe_credential_error_held_briefly(wall: Wall) -> None:
     secret = "client_secret=hunter2"
     credential = FakeCredential(wall, fail=RuntimeError(f"AADSTS7000215: invalid {secret}"))
     provider = BearerTokenProvider(credential, wall_time=wall)  # type: ignore[arg-type]
@@ -93,8 +119,29 @@ async def test_a_credential_failure_becomes_a_safe_credential_error(wall: Wall) 
     assert "RuntimeError" in str(info.value)
     assert info.value.__cause__ is None
     assert info.value.__suppress_context__  # the original (with the secret) is not chained into tracebacks
-    credential.fail = None  # the failure is not cached: the next call tries again
-    assert await provider.token() == "token-2"
+    credential.fail = None
+    with pytest.raises(CredentialError):  # within the hold: answered at once, the identity endpoint is spared
+        await provider.token()
+    assert len(credential.calls) == 1
+    wall.now += FAILURE_HOLD_SECONDS
+    assert await provider.token() == "token-2"  # then the next caller tries again
+
+
+async def test_a_failed_refresh_keeps_the_token_that_is_still_valid(wall: Wall) -> None:
+    credential = FakeCredential(wall)
+    provider = BearerTokenProvider(credential, wall_time=wall)  # type: ignore[arg-type]
+    assert await provider.token() == "token-1"
+    credential.fail = RuntimeError("identity endpoint down")
+    wall.now = T0 + LIFETIME - 60
+    assert await provider.token() == "token-1"
+    await settle()
+    assert await provider.token() == "token-1"  # the refresh failed; the token is still good for a minute
+    wall.now = T0 + LIFETIME + 1
+    with pytest.raises(CredentialError):
+        await provider.token()
+    credential.fail = None
+    wall.now += FAILURE_HOLD_SECONDS
+    assert (await provider.token()).startswith("token-")
 
 
 async def test_close_closes_the_credential_and_the_extras(wall: Wall) -> None:

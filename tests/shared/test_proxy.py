@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
@@ -25,14 +25,20 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from starlette.datastructures import Headers
 
 from shared.affinity import MemoryAffinityStore, object_key, valid_id
+from shared.aggregation import Aggregator
 from shared.auth import Authenticator
 from shared.clock import ManualClock
 from shared.cluster import Cluster, Host, HostAuth
 from shared.config import Client, Routing, Secret
+from shared.dispatch import Dispatcher
 from shared.health import HealthBoard
 from shared.ledger import LocalLedger
-from shared.proxy import BACKEND_HEADER, Outgoing, Proxy
+from shared.outgoing import BACKEND_HEADER, Outgoing
+from shared.placement import Placement
+from shared.proxy import Proxy
+from shared.record import RequestRecord
 from shared.routes import DEPLOYMENT_OPERATIONS, OPERATIONS
+from shared.upstream import Upstream
 
 CLIENT_KEY = "gw-client-key-0123456789"
 UPSTREAM_TOKEN = "upstream-entra-token-abc"
@@ -93,19 +99,19 @@ class FakeResponse:
         self.status = status
         self.headers = CIMultiDictProxy(CIMultiDict(headers or {}))
         self.content_type = content_type
-        self._body = body
-        self._chunks = chunks or []
+        self._pieces = list(chunks) if chunks is not None else ([body] if body else [])
         self.released = False
-        self.content = SimpleNamespace(iter_any=self._iter_any)
+        self.closed = False
+        self.content = SimpleNamespace(readany=self._readany)
 
-    async def read(self) -> bytes:
-        return self._body
-
-    async def _iter_any(self) -> AsyncIterator[bytes]:
-        for chunk in self._chunks:
-            yield chunk
+    async def _readany(self) -> bytes:
+        return self._pieces.pop(0) if self._pieces else b""
 
     def release(self) -> None:
+        self.released = True
+
+    def close(self) -> None:
+        self.closed = True
         self.released = True
 
 
@@ -224,18 +230,24 @@ def make_rig(responder: Responder = ok, hosts: tuple[Host, ...] = HOSTS, seed: i
     health = HealthBoard(clock)
     session = FakeSession(clock, responder)
     tokens = FakeTokens()
-    proxy = Proxy(
-        cluster=Cluster({CHAT: hosts}),
-        routing=Routing(**routing),
+    settings = Routing(**routing)
+    placement = Placement(Cluster({CHAT: hosts}), affinity, health, settings.default_cooldown_seconds)
+    upstream = Upstream(session, tokens, {UK.key: Secret(HOST_API_KEY)}, clock, settings)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(
+        routing=settings,
         ledger=ledger,
-        affinity=affinity,
         health=health,
-        authenticator=Authenticator([Client("app", (Secret(CLIENT_KEY),))]),
-        tokens=tokens,
-        host_keys={UK.key: Secret(HOST_API_KEY)},
-        session=session,  # type: ignore[arg-type]
+        upstream=upstream,
+        placement=placement,
         clock=clock,
         rng=random.Random(seed),
+    )
+    proxy = Proxy(
+        routing=settings,
+        authenticator=Authenticator([Client("app", (Secret(CLIENT_KEY),))]),
+        placement=placement,
+        dispatcher=dispatcher,
+        aggregator=Aggregator(dispatcher, placement, settings.default_cooldown_seconds),
     )
     return Rig(proxy, session, clock, ledger, health, tokens, affinity)
 
@@ -273,7 +285,12 @@ async def call(
 
     pairs = headers if headers is not None else [("api-key", CLIENT_KEY), ("content-type", "application/json")]
     return await rig.proxy.handle(
-        method, path, query if query is not None else [("api-version", API_VERSION)], wire_headers(pairs), read_body
+        method,
+        path,
+        query if query is not None else [("api-version", API_VERSION)],
+        wire_headers(pairs),
+        read_body,
+        RequestRecord(method, path),
     )
 
 
@@ -499,7 +516,10 @@ def quota_429(retry_after_ms: int) -> Callable[[Sent], FakeResponse]:
     return respond
 
 
-async def test_429_goes_to_another_host_and_cools_the_first_down_for_what_it_asked() -> None:
+COST = 2 + 4 + 10  # body(): "hello" is 2 tokens, one message, max_tokens 10
+
+
+async def test_a_token_429_goes_elsewhere_and_holds_back_only_requests_that_large() -> None:
     rig = make_rig(by_host({"eastus": quota_429(7500)}))
     before = rig.headroom(EAST)
     outgoing = await call(rig)
@@ -507,11 +527,31 @@ async def test_429_goes_to_another_host_and_cools_the_first_down_for_what_it_ask
     assert [s.host.name for s in rig.session.sent] == ["eastus", "westus"]
     assert outgoing.headers[BACKEND_HEADER] == "westus"
     first = rig.session.sent[0]
-    assert rig.health.recovers_in(EAST.key) == pytest.approx(first.at + 7.5 - rig.clock.now())
-    assert rig.health.describe(EAST.key)["cooldown_reason"] == "429 (quota)"
+    assert rig.health.ready_in(EAST.key, COST) == pytest.approx(first.at + 7.5 - rig.clock.now())
+    assert rig.health.ready_in(EAST.key, COST - 1) == 0.0  # a smaller request may fit at once
+    assert rig.health.describe(EAST.key)["cooldown_reason"] == ""  # nobody else is cooled down
     assert rig.headroom(EAST) == before  # the 429 was not admitted: its reservation is gone
     assert all(r.released for r in rig.session.responses)
     assert rig.proxy.in_flight == 0
+
+
+def request_429(sent: Sent) -> FakeResponse:
+    return FakeResponse(
+        429,
+        {"retry-after": "4", "x-ratelimit-reset-requests": "4"},
+        b'{"error": {"code": "429", "message": "... have exceeded call rate limit of your current tier."}}',
+    )
+
+
+async def test_a_request_limit_429_closes_the_host_for_everyone_until_the_reset() -> None:
+    rig = make_rig(by_host({"eastus": request_429}))
+    outgoing = await call(rig)
+    assert outgoing.status == 200
+    assert [s.host.name for s in rig.session.sent] == ["eastus", "westus"]
+    wait = rig.session.sent[0].at + 4 - rig.clock.now()
+    assert rig.health.ready_in(EAST.key, 1) == pytest.approx(wait)
+    assert rig.health.describe(EAST.key)["cooldown_reason"] == "429 (request_limit)"
+    assert rig.health.ready_in(EAST.key, None) == 0.0  # files and reads use no window: not held back
 
 
 async def test_all_hosts_429_gives_the_client_a_429_with_both_retry_headers() -> None:
@@ -561,17 +601,16 @@ async def test_upstream_refusing_our_credentials_ejects_the_host_and_goes_elsewh
 # --- (d) connection errors: another host, reservation released -------------------------------------------------
 
 
+def refused() -> aiohttp.ClientConnectorError:
+    return aiohttp.ClientConnectorError(SimpleNamespace(host="h", port=443, ssl=True), OSError(111, "refused"))  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     "error",
-    [
-        aiohttp.ClientConnectionError("refused"),
-        aiohttp.ServerDisconnectedError(),
-        ConnectionRefusedError(111, "refused"),
-        TimeoutError(),
-    ],
-    ids=["client-connection", "server-disconnected", "os-error", "timeout"],
+    [refused(), aiohttp.ConnectionTimeoutError("connect timed out")],
+    ids=["refused", "connect-timeout"],
 )
-async def test_connection_error_retries_elsewhere_and_releases_the_reservation(error: BaseException) -> None:
+async def test_a_host_never_reached_is_retried_elsewhere_and_its_reservation_released(error: BaseException) -> None:
     rig = make_rig(by_host({"eastus": error}))
     before = rig.headroom(EAST)
     outgoing = await call(rig)
@@ -584,8 +623,21 @@ async def test_connection_error_retries_elsewhere_and_releases_the_reservation(e
     assert rig.proxy.in_flight == 0
 
 
+@pytest.mark.parametrize(
+    "error",
+    [aiohttp.ServerDisconnectedError(), aiohttp.ClientOSError(104, "reset"), TimeoutError()],
+    ids=["server-disconnected", "reset", "no-headers-in-time"],
+)
+async def test_a_generation_that_may_have_run_is_retried_but_stays_charged(error: BaseException) -> None:
+    rig = make_rig(by_host({"eastus": error}))
+    outgoing = await call(rig)
+    assert outgoing.status == 200 and outgoing.headers[BACKEND_HEADER] == "westus"
+    assert rig.ledger.window_tokens(EAST.key) == COST  # Azure admitted it, so it counts in the window there
+    assert rig.proxy.in_flight == 0
+
+
 async def test_every_host_unreachable_is_502_and_every_reservation_released() -> None:
-    rig = make_rig(lambda sent: aiohttp.ClientConnectionError("refused"))
+    rig = make_rig(lambda sent: refused())
     outgoing = await call(rig)
     assert outgoing.status == 502 and error_of(outgoing)["code"] == "BadGateway"
     assert all(rig.ledger.window_tokens(h.key) == 0 for h in HOSTS)
@@ -648,8 +700,9 @@ async def test_response_headers_drop_hop_by_hop_and_cookies_and_name_the_backend
             "Keep-Alive": "timeout=5",
             "Transfer-Encoding": "chunked",
             "Content-Length": "999",
-            "Content-Encoding": "gzip",
             "Set-Cookie": "ARRAffinity=abc; Path=/",
+            "Date": "Tue, 01 Dec 2026 10:00:00 GMT",
+            "Server": "upstream/1.0",
             "Proxy-Authenticate": "Basic",
             "Upgrade": "h2c",
             "Trailer": "x-foo",
@@ -739,14 +792,17 @@ def stored_file(sent: Sent) -> FakeResponse:
 
 async def test_an_upload_goes_to_one_resource_untouched_and_its_file_is_recorded() -> None:
     rig = make_rig(stored_file)
-    rig.health.cool_down(EAST.key, 30, "429 (quota)")  # the balancer's choice, with no deployment to go by
+    rig.health.eject(EAST.key, "down", 30)  # the balancer's choice, with no deployment to go by
+    rig.health.cool_down(WEST.key, 30, "429 (request_limit)")  # a file uses no window: a cooldown does not matter
     outgoing = await call(rig, "/openai/files", MULTIPART, UPLOAD)
     assert outgoing.status == 200
     (sent,) = rig.session.sent
-    assert sent.url == f"{WEST.endpoint}/openai/files?api-version={API_VERSION}"
+    host = sent.host
+    assert host is not EAST
+    assert sent.url == f"{host.endpoint}/openai/files?api-version={API_VERSION}"
     assert sent.data == UPLOAD and sent.headers["content-type"] == MULTIPART[1][1]
-    assert await rig.affinity.get("file:file-westus") == WEST.key
-    assert rig.headroom(WEST)[0] == WEST.tpm  # no tokens charged
+    assert await rig.affinity.get(f"file:file-{host.name}") == host.key
+    assert rig.headroom(host) == (host.tpm, host.rpm / 6)  # no tokens charged, no request counted
 
 
 async def test_a_request_naming_a_file_goes_home_or_nowhere() -> None:
@@ -779,7 +835,7 @@ def batch_answer(sent: Sent) -> FakeResponse:
 async def test_a_batch_follows_its_input_file_and_its_output_files_are_recorded() -> None:
     rig = make_rig(batch_answer)
     await rig.affinity.put(object_key("file", "file-in"), WEST.key, 3600)
-    rig.ledger.reserve(WEST.key, WEST.tpm - 10, "other")  # the busiest host: plain balancing would avoid it
+    rig.ledger.reserve((WEST.key,), WEST.tpm - 10, prompt=0, client="other", deployment=CHAT)  # the busiest host
     payload = json.dumps({"input_file_id": "file-in", "endpoint": "/chat/completions", "completion_window": "24h"})
     created = await call(rig, "/openai/batches", payload=payload.encode())
     assert created.status == 200 and created.headers[BACKEND_HEADER] == "westus"

@@ -9,6 +9,7 @@ import pytest
 from azure.core.exceptions import ServiceRequestError
 
 from shared.clock import ManualClock
+from shared.ledger import TokenUsage
 from shared.table_ledger import TableLedger
 
 HOST = "eastus/gpt-4o"
@@ -65,7 +66,7 @@ def served(table: FakeTable) -> int:
 async def test_another_instances_usage_counts_against_headroom(clock: ManualClock) -> None:
     table = FakeTable()
     a, b = ledger(table, clock, "a"), ledger(table, clock, "b")
-    a.reserve(HOST, 30_000, "app")
+    a.reserve((HOST,), 30_000, prompt=0, client="app", deployment="gpt-4o")
     await a.flush()
     await b.refresh()
     free_tokens, _ = b.headroom(HOST, TPM, RPM)
@@ -80,7 +81,7 @@ async def test_another_instances_usage_counts_against_headroom(clock: ManualCloc
 async def test_own_rows_are_not_counted_twice(clock: ManualClock) -> None:
     table = FakeTable()
     a = ledger(table, clock, "a")
-    a.reserve(HOST, 10_000, "app")
+    a.reserve((HOST,), 10_000, prompt=0, client="app", deployment="gpt-4o")
     await a.flush()
     await a.refresh()
     assert a.headroom(HOST, TPM, RPM)[0] == TPM - 10_000
@@ -89,9 +90,9 @@ async def test_own_rows_are_not_counted_twice(clock: ManualClock) -> None:
 async def test_rows_carry_the_charge_and_the_real_usage_per_client(clock: ManualClock) -> None:
     table = FakeTable()
     a = ledger(table, clock, "a")
-    kept = a.reserve(HOST, 1_000, "app-a")
-    a.settle(kept, 600)  # Azure charged the estimate; 600 were used
-    released = a.reserve(HOST, 5_000, "app-b")
+    kept = a.reserve((HOST,), 1_000, prompt=0, client="app-a", deployment="gpt-4o")
+    a.settle(kept, TokenUsage(600, 0))  # Azure charged the estimate; 600 were used
+    released = a.reserve((HOST,), 5_000, prompt=0, client="app-b", deployment="gpt-4o")
     a.release(released)  # a 429: never admitted
     await a.flush()
     (row,) = table.rows.values()
@@ -103,8 +104,8 @@ async def test_writes_grow_with_flushes_not_with_requests(clock: ManualClock) ->
     table = FakeTable()
     a = ledger(table, clock, "a")
     for _ in range(500):
-        a.settle(a.reserve(HOST, 100, "app"), 100)
-    a.settle(a.reserve("westus/gpt-4o", 100, "app"), 100)
+        a.settle(a.reserve((HOST,), 100, prompt=0, client="app", deployment="gpt-4o"), TokenUsage(100, 0))
+    a.settle(a.reserve(("westus/gpt-4o",), 100, prompt=0, client="app", deployment="gpt-4o"), TokenUsage(100, 0))
     await a.flush()
     assert table.batches == 1  # every host's row of the minute in one transaction
     await a.flush()
@@ -114,11 +115,11 @@ async def test_writes_grow_with_flushes_not_with_requests(clock: ManualClock) ->
 async def test_usage_counted_during_an_outage_is_written_when_storage_returns(clock: ManualClock) -> None:
     table = FakeTable()
     a = ledger(table, clock, "a")
-    a.settle(a.reserve(HOST, 100, "app"), 80)
+    a.settle(a.reserve((HOST,), 100, prompt=0, client="app", deployment="gpt-4o"), TokenUsage(80, 0))
     await a.flush()
     table.failing = True
     for _ in range(10):
-        a.settle(a.reserve(HOST, 100, "app"), 90)
+        a.settle(a.reserve((HOST,), 100, prompt=0, client="app", deployment="gpt-4o"), TokenUsage(90, 0))
         clock.advance(3)
         with pytest.raises(ServiceRequestError):
             await a.flush()

@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.usage import SseScanner, estimate_cost, supports_stream_usage, usage_from_json, wants_stream_usage
+from shared.ledger import TokenUsage
+from shared.usage import SseScanner, estimate, supports_stream_usage, usage_from_json, wants_stream_usage
+
+
+def cost(operation: str, body: dict[str, Any] | None, default: int) -> int:
+    return sum(estimate(operation, body, default))
+
 
 DEFAULT = 4096
 
@@ -23,10 +29,10 @@ def chat(*contents: Any, **extra: Any) -> dict[str, Any]:
 
 
 def test_chat_counts_characters_and_messages() -> None:
-    assert estimate_cost("chat/completions", chat("abcdefgh", max_tokens=100), DEFAULT) == 2 + 4 + 100
+    assert cost("chat/completions", chat("abcdefgh", max_tokens=100), DEFAULT) == 2 + 4 + 100
     # characters add up across messages before rounding: 3 + 5 = 8 chars = 2 tokens
-    assert estimate_cost("chat/completions", chat("abc", "abcde", max_tokens=10), DEFAULT) == 2 + 8 + 10
-    assert estimate_cost("chat/completions", chat("a", max_tokens=10), DEFAULT) == 1 + 4 + 10
+    assert cost("chat/completions", chat("abc", "abcde", max_tokens=10), DEFAULT) == 2 + 8 + 10
+    assert cost("chat/completions", chat("a", max_tokens=10), DEFAULT) == 1 + 4 + 10
 
 
 def test_chat_counts_the_text_parts_of_multi_part_content() -> None:
@@ -35,78 +41,80 @@ def test_chat_counts_the_text_parts_of_multi_part_content() -> None:
         {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
         {"type": "text", "text": "efgh"},
     ]
-    assert estimate_cost("chat/completions", chat(content, max_tokens=1), DEFAULT) == 2 + 4 + 1
+    assert cost("chat/completions", chat(content, max_tokens=1), DEFAULT) == 2 + 4 + 1
 
 
 def test_chat_counts_tool_definitions() -> None:
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
-    without = estimate_cost("chat/completions", chat("hi", max_tokens=1), DEFAULT)
-    with_tools = estimate_cost("chat/completions", chat("hi", max_tokens=1, tools=tools), DEFAULT)
+    without = cost("chat/completions", chat("hi", max_tokens=1), DEFAULT)
+    with_tools = cost("chat/completions", chat("hi", max_tokens=1, tools=tools), DEFAULT)
     assert with_tools - without == math.ceil(len(json.dumps(tools)) / 4)
 
 
 def test_default_completion_budget_when_absent_or_invalid() -> None:
-    assert estimate_cost("chat/completions", chat("abcd"), DEFAULT) == 1 + 4 + DEFAULT
-    assert estimate_cost("chat/completions", chat("abcd"), 16) == 1 + 4 + 16
+    assert cost("chat/completions", chat("abcd"), DEFAULT) == 1 + 4 + DEFAULT
+    assert cost("chat/completions", chat("abcd"), 16) == 1 + 4 + 16
     for bad in (0, -5, "100", True, None):
-        assert estimate_cost("chat/completions", chat("abcd", max_tokens=bad), 16) == 1 + 4 + 16
+        assert cost("chat/completions", chat("abcd", max_tokens=bad), 16) == 1 + 4 + 16
 
 
 def test_max_completion_tokens_is_a_budget_too() -> None:
-    assert estimate_cost("chat/completions", chat("abcd", max_completion_tokens=50), DEFAULT) == 1 + 4 + 50
+    assert cost("chat/completions", chat("abcd", max_completion_tokens=50), DEFAULT) == 1 + 4 + 50
 
 
 def test_choices_multiply_the_completion_budget() -> None:
-    assert estimate_cost("chat/completions", chat("abcd", max_tokens=10, n=3), DEFAULT) == 5 + 30
-    assert estimate_cost("completions", {"prompt": "abcd", "max_tokens": 10, "best_of": 4, "n": 2}, DEFAULT) == 1 + 40
+    assert cost("chat/completions", chat("abcd", max_tokens=10, n=3), DEFAULT) == 5 + 30
+    assert cost("completions", {"prompt": "abcd", "max_tokens": 10, "best_of": 4, "n": 2}, DEFAULT) == 1 + 40
 
 
 def test_completions_prompt_forms() -> None:
-    assert estimate_cost("completions", {"prompt": "abcdefgh", "max_tokens": 16}, DEFAULT) == 2 + 16
-    assert estimate_cost("completions", {"prompt": ["abcd", "abcdefgh"], "max_tokens": 1}, DEFAULT) == 3 + 1
-    assert estimate_cost("completions", {"prompt": [10, 20, 30], "max_tokens": 1}, DEFAULT) == 3 + 1
+    assert cost("completions", {"prompt": "abcdefgh", "max_tokens": 16}, DEFAULT) == 2 + 16
+    assert cost("completions", {"prompt": ["abcd", "abcdefgh"], "max_tokens": 1}, DEFAULT) == 3 + 1
+    assert cost("completions", {"prompt": [10, 20, 30], "max_tokens": 1}, DEFAULT) == 3 + 1
 
 
 def test_embeddings_count_input_only() -> None:
-    assert estimate_cost("embeddings", {"input": "abcdefgh", "max_tokens": 999}, DEFAULT) == 2
-    assert estimate_cost("embeddings", {"input": ["abcd", "abcdefghi"]}, DEFAULT) == 1 + 3
-    assert estimate_cost("embeddings", {"input": [1, 2, 3, 4, 5]}, DEFAULT) == 5
-    assert estimate_cost("embeddings", {"input": [[1, 2], [3, 4, 5]]}, DEFAULT) == 5
-    assert estimate_cost("embeddings", {}, DEFAULT) == 0
+    assert cost("embeddings", {"input": "abcdefgh", "max_tokens": 999}, DEFAULT) == 2
+    assert cost("embeddings", {"input": ["abcd", "abcdefghi"]}, DEFAULT) == 1 + 3
+    assert cost("embeddings", {"input": [1, 2, 3, 4, 5]}, DEFAULT) == 5
+    assert cost("embeddings", {"input": [[1, 2], [3, 4, 5]]}, DEFAULT) == 5
+    assert cost("embeddings", {}, DEFAULT) == 0
 
 
 def test_responses_count_input_instructions_and_output_budget() -> None:
     body = {"input": "abcdefgh", "instructions": "abcd", "max_output_tokens": 50}
-    assert estimate_cost("responses", body, DEFAULT) == 2 + 1 + 50
+    assert cost("responses", body, DEFAULT) == 2 + 1 + 50
     items = {"input": [{"role": "user", "content": [{"type": "input_text", "text": "abcdefgh"}]}]}
-    assert estimate_cost("responses", items, 7) == 2 + 4 + 7
+    assert cost("responses", items, 7) == 2 + 4 + 7
 
 
 @pytest.mark.parametrize("operation", ["images/generations", "audio/transcriptions", "audio/speech", "unknown"])
 def test_operations_without_token_quota_cost_nothing(operation: str) -> None:
-    assert estimate_cost(operation, {"prompt": "a cat", "input": "hello", "max_tokens": 10}, DEFAULT) == 0
+    assert cost(operation, {"prompt": "a cat", "input": "hello", "max_tokens": 10}, DEFAULT) == 0
 
 
 def test_no_body_costs_nothing() -> None:
-    assert estimate_cost("chat/completions", None, DEFAULT) == 0
+    assert cost("chat/completions", None, DEFAULT) == 0
 
 
 @given(st.text(max_size=200), st.integers(1, 10**6), st.integers(1, 10**6), st.integers(1, 5))
 def test_estimate_is_monotonic_in_max_tokens(prompt: str, a: int, b: int, n: int) -> None:
     low, high = sorted((a, b))
-    cost_low = estimate_cost("chat/completions", chat(prompt, max_tokens=low, n=n), DEFAULT)
-    cost_high = estimate_cost("chat/completions", chat(prompt, max_tokens=high, n=n), DEFAULT)
+    cost_low = cost("chat/completions", chat(prompt, max_tokens=low, n=n), DEFAULT)
+    cost_high = cost("chat/completions", chat(prompt, max_tokens=high, n=n), DEFAULT)
     assert cost_high - cost_low == (high - low) * n
 
 
 @pytest.mark.parametrize(
     ("body", "tokens"),
     [
-        (b'{"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}', 15),
-        (b'{"usage":{"prompt_tokens":10,"completion_tokens":5}}', 15),
-        (b'{"usage":{"prompt_tokens":8}}', 8),  # embeddings
-        (b'{"object":"response","usage":{"input_tokens":3,"output_tokens":4,"total_tokens":7}}', 7),
-        (b'{"type":"response.completed","response":{"usage":{"input_tokens":3,"output_tokens":4}}}', 7),
+        (b'{"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}', TokenUsage(10, 5)),
+        (b'{"usage":{"prompt_tokens":10,"completion_tokens":5}}', TokenUsage(10, 5)),
+        (b'{"usage":{"prompt_tokens":8,"total_tokens":8}}', TokenUsage(8, 0)),  # embeddings
+        (b'{"usage":{"total_tokens":8}}', TokenUsage(8, 0)),
+        (b'{"object":"response","usage":{"input_tokens":3,"output_tokens":4,"total_tokens":7}}', TokenUsage(3, 4)),
+        (b'{"type":"response.completed","response":{"usage":{"input_tokens":3,"output_tokens":4}}}', TokenUsage(3, 4)),
+        (b'{"usage":{"prompt_tokens":-3,"completion_tokens":true}}', None),
         (b'{"usage":null}', None),
         (b'{"id":"x"}', None),
         (b"[1, 2]", None),
@@ -115,7 +123,7 @@ def test_estimate_is_monotonic_in_max_tokens(prompt: str, a: int, b: int, n: int
         (b'{"response":"ok"}', None),  # valid JSON whose "response" is not an object
     ],
 )
-def test_usage_from_json(body: bytes, tokens: int | None) -> None:
+def test_usage_from_json(body: bytes, tokens: TokenUsage | None) -> None:
     assert usage_from_json(body) == tokens
 
 
@@ -166,7 +174,7 @@ def scan(data: bytes, cuts: list[int], strip: bool) -> tuple[bytes, SseScanner]:
 def test_passes_the_stream_through_and_captures_usage() -> None:
     out, scanner = scan(STREAM, [], strip=False)
     assert out == STREAM
-    assert scanner.usage == 11
+    assert scanner.usage == TokenUsage(9, 2)
     assert scanner.done
 
 
@@ -175,7 +183,7 @@ def test_strip_usage_gives_the_client_what_azure_would_have_sent() -> None:
     expected = (FILTER + CHUNK1 + CHUNK2).replace(b',"usage":null', b"") + DONE
     assert out == expected
     assert b"usage" not in out
-    assert scanner.usage == 11  # the gateway still learns it
+    assert scanner.usage == TokenUsage(9, 2)  # the gateway still learns it
 
 
 def test_feed_returns_whole_events_only() -> None:
@@ -194,7 +202,7 @@ def test_crlf_delimited_events() -> None:
     events = scanner.feed(stream)
     assert len(events) == 5
     assert b"".join(events) == stream
-    assert scanner.usage == 11
+    assert scanner.usage == TokenUsage(9, 2)
     assert scanner.done
     stripped, _ = scan(stream, [], strip=True)
     expected = (FILTER + CHUNK1 + CHUNK2).replace(b',"usage":null', b"") + DONE
@@ -218,7 +226,7 @@ def test_chunk_boundaries_do_not_matter(cuts: list[int], crlf: bool, strip: bool
     assert split == whole
     if not strip:
         assert split == stream
-    assert scanner.usage == 11
+    assert scanner.usage == TokenUsage(9, 2)
     assert scanner.done
 
 
@@ -233,4 +241,39 @@ def test_a_responses_stream_ends_with_response_completed_and_carries_usage_insid
     assert scanner.feed(created + delta) == [created, delta]
     assert not scanner.done and scanner.usage is None
     assert scanner.feed(completed) == [completed]
-    assert scanner.done and scanner.usage == 4
+    assert scanner.done and scanner.usage == TokenUsage(3, 1)
+
+
+def test_done_without_the_space_ends_a_stream_too() -> None:
+    _, scanner = scan(CHUNK1 + b"data:[DONE]\n\n", [], strip=False)
+    assert scanner.done
+
+
+def test_data_that_merely_mentions_done_does_not_end_it() -> None:
+    _, scanner = scan(b'data: {"choices":[{"delta":{"content":"[DONE] is the marker"}}]}\n\n', [], strip=False)
+    assert not scanner.done
+
+
+@pytest.mark.parametrize(
+    "terminal",
+    [
+        b'data: {"type":"transcript.text.done","text":"hi","usage":{"input_tokens":5,"output_tokens":2}}\n\n',
+        b'data: {"type":"speech.audio.done","usage":{"input_tokens":5,"output_tokens":2,"total_tokens":7}}\n\n',
+        b'event: image_generation.completed\ndata: {"type":"image_generation.completed","b64_json":"",'
+        b'"usage":{"input_tokens":5,"output_tokens":2}}\n\n',
+        b'data: {"type":"image_edit.completed","usage":{"input_tokens":5,"output_tokens":2}}\n\n',
+    ],
+    ids=["transcript", "speech", "image-generation", "image-edit"],
+)
+def test_audio_and_image_streams_end_with_their_own_terminal_event(terminal: bytes) -> None:
+    delta = b'data: {"type":"transcript.text.delta","delta":"h"}\n\n'
+    unknown = b'event: something.new\ndata: {"type":"something.new","done":false}\n\n'
+    out, scanner = scan(delta + unknown + terminal, [], strip=False)
+    assert out == delta + unknown + terminal  # unknown events pass through
+    assert scanner.done
+    assert scanner.usage == TokenUsage(5, 2)
+
+
+def test_an_error_event_ends_a_stream_by_its_own_format() -> None:
+    _, scanner = scan(b'event: error\ndata: {"type":"error","message":"bad"}\n\n', [], strip=False)
+    assert scanner.done

@@ -1,0 +1,536 @@
+"""Sending one request to a host, and to another when that one fails, all inside one deadline.
+
+Retries happen only before the first byte reaches the client, never on the same host twice, and
+only where outcome.py says it is safe. What each attempt holds (a place among the in-flight
+requests, a reservation, the upstream response) is given back on every exit path, cancellation
+included: the client hanging up cancels the task at whatever it awaits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from shared import balancer, relay, usage
+from shared.balancer import Candidate
+from shared.clock import Clock
+from shared.cluster import Host
+from shared.config import Routing
+from shared.errors import GatewayError
+from shared.health import HealthBoard
+from shared.inbound import Inbound
+from shared.ledger import Ledger, Reservation, TokenUsage
+from shared.outcome import Breakage, Verdict, counts_against_host, judge, retryable, upstream_charged
+from shared.outgoing import Outgoing, client_headers
+from shared.placement import Placement, Plan
+from shared.record import RequestRecord
+from shared.upstream import Broken, CredentialUnavailable, Upstream
+
+log = logging.getLogger("gateway")
+
+ERROR_BODY_CAP = 64 * 1024  # an error answer is judged on its first bytes; a longer one is relayed
+
+
+@dataclass
+class _Attempts:
+    tried: set[str] = field(default_factory=set)
+    saw_429: bool = False
+    failure: str = ""  # the last host failure, for the 502 message
+    credential: str = ""  # the gateway's own identity failed (not any host's fault)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What a caller's policy adds to every attempt: more windows to charge, a reserve to leave free."""
+
+    client: str
+    windows: tuple[str, ...] = ()
+    reserve: float = 0.0  # fraction of each host's window a low-priority request must leave free
+
+
+class _Hold:
+    """What one attempt holds; `close` gives back whatever is left, exactly once."""
+
+    def __init__(self, dispatcher: Dispatcher, reservation: Reservation | None) -> None:
+        self._dispatcher = dispatcher
+        self.reservation = reservation
+        self.response: aiohttp.ClientResponse | None = None
+        self.sent = False
+        self._closed = False
+        dispatcher.in_flight += 1
+
+    def settle(self, used: TokenUsage | None) -> None:
+        if self.reservation is not None:
+            self._dispatcher.ledger.settle(self.reservation, used)
+
+    def release(self) -> None:
+        if self.reservation is not None:
+            self._dispatcher.ledger.release(self.reservation)
+
+    def close(self, reusable: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._dispatcher.in_flight -= 1
+        if self.response is not None:
+            # A connection with unread bytes (a body left half-way) must not go back to the pool.
+            (self.response.release if reusable else self.response.close)()
+        if self.reservation is not None and self.reservation.state == "open":
+            # Interrupted: if the request may have reached the host, it was charged there.
+            (self.settle(None) if self.sent else self.release())
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        routing: Routing,
+        ledger: Ledger,
+        health: HealthBoard,
+        upstream: Upstream,
+        placement: Placement,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        self.routing = routing
+        self.ledger = ledger
+        self._health = health
+        self._upstream = upstream
+        self._placement = placement
+        self._clock = clock
+        self._rng = rng
+        self.in_flight = 0
+
+    async def dispatch(self, inbound: Inbound, plan: Plan, admission: Admission, record: RequestRecord) -> Outgoing:
+        if inbound.metered:
+            self._check_size(inbound, plan)
+        start = self._clock.now()
+        deadline = start + self.routing.deadline_seconds
+        attempts = _Attempts()
+        for attempt in range(min(self.routing.max_attempts, len(plan.hosts))):
+            if attempt:
+                await self._backoff(attempt, deadline)
+            host = await self._choose(plan, inbound, admission, attempts, start, deadline)
+            result = await self._attempt(host, inbound, plan, admission, attempts, deadline, record)
+            if result is not None:
+                record.host = host.name
+                if result.status < 300:
+                    await self._placement.moved(plan, host)
+                return result
+        raise self._exhausted(plan, inbound, admission, attempts)
+
+    async def ask(self, host: Host, inbound: Inbound, record: RequestRecord) -> tuple[Outgoing | None, str]:
+        """One attempt on one given host, no retry (a fan-out to every resource): its answer, or why none."""
+        attempts = _Attempts()
+        deadline = self._clock.now() + self.routing.deadline_seconds
+        try:
+            answer = await self._attempt(
+                host, inbound, Plan((host,)), Admission(record.client), attempts, deadline, record
+            )
+        except GatewayError as exc:
+            return None, exc.message
+        return answer, attempts.failure or attempts.credential
+
+    # -- choosing ---------------------------------------------------------------------------------
+    def _check_size(self, inbound: Inbound, plan: Plan) -> None:
+        largest = max(host.tpm for host in plan.hosts)
+        if inbound.cost > largest:
+            raise GatewayError(
+                400,
+                "request_too_large",
+                f"This request is estimated at {inbound.cost} tokens (prompt plus max_tokens times n), more than "
+                f"the largest tokens-per-minute limit of any deployment that can serve it ({largest}): it could "
+                "never be admitted. Lower max_tokens or shorten the prompt.",
+            )
+
+    async def _choose(
+        self,
+        plan: Plan,
+        inbound: Inbound,
+        admission: Admission,
+        attempts: _Attempts,
+        start: float,
+        deadline: float,
+    ) -> Host:
+        """The session's host while it is eligible; else pick, or wait (within the budget) for one to recover."""
+        preferred = plan.preferred
+        if preferred is not None and preferred.key not in attempts.tried:
+            candidate = self.candidate(preferred, inbound, admission.reserve)
+            if candidate.ready_in == 0.0 and candidate.fits and not candidate.probe_down:
+                return preferred
+        while True:
+            candidates = [
+                self.candidate(h, inbound, admission.reserve) for h in plan.hosts if h.key not in attempts.tried
+            ]
+            if not candidates:
+                raise self._exhausted(plan, inbound, admission, attempts)
+            choice = balancer.pick(candidates, self._rng)
+            if choice is not None:
+                self._note_panic(plan, choice.panic)
+                return choice.host
+            wait = balancer.soonest(candidates)
+            budget_left = min(start + self.routing.wait_budget_seconds, deadline) - self._clock.now()
+            if wait > budget_left:
+                raise self._exhausted(plan, inbound, admission, attempts)
+            await self._clock.sleep(wait)
+
+    def candidate(self, host: Host, inbound: Inbound, reserve: float = 0.0) -> Candidate:
+        key = host.key
+        probe_down = self._health.probe_down(key)
+        if not inbound.metered:
+            return Candidate(host, 1.0, True, 0.0, self._health.ready_in(key, None), probe_down)
+        cost = inbound.cost
+        free_tokens, free_requests = self.ledger.headroom(key, host.tpm, host.rpm)
+        # A low-priority request sees only what is left above the reserve kept for the others.
+        reserve_tokens = reserve * host.tpm
+        reserve_requests = reserve * host.rpm * self.routing.request_window_seconds / 60.0
+        fits = cost <= host.tpm and free_tokens - reserve_tokens >= cost and free_requests - reserve_requests >= 1
+        if fits:
+            fits_in = 0.0
+        elif cost > host.tpm:
+            fits_in = math.inf
+        else:
+            # Only a host without room needs the (costlier) time to recovery: keep the hot path short.
+            fits_in = self.ledger.seconds_until(key, cost + math.ceil(reserve_tokens), host.tpm, host.rpm)
+        return Candidate(
+            host,
+            free_tokens / host.tpm,
+            fits,
+            fits_in,
+            self._health.ready_in(key, cost),
+            probe_down,
+        )
+
+    def _note_panic(self, plan: Plan, panic: bool) -> None:
+        if plan.home is not None or plan.deployment is None:
+            return  # panic mode is about a deployment's hosts, not one object's home
+        if self._health.note_panic(plan.deployment, panic):
+            if panic:
+                log.warning(
+                    "panic mode for %s: the active health check fails on every host; routing to them anyway",
+                    plan.deployment,
+                )
+            else:
+                log.warning("panic mode for %s is over: a host passes its health check again", plan.deployment)
+
+    def _exhausted(self, plan: Plan, inbound: Inbound, admission: Admission, attempts: _Attempts) -> GatewayError:
+        """The error when no host served: saturated (429), failed (502), none healthy (503), or our own fault."""
+        candidates = [self.candidate(h, inbound, admission.reserve) for h in plan.hosts]
+        recovery = balancer.soonest(candidates)
+        if attempts.credential and not attempts.failure:
+            return GatewayError(
+                503,
+                "UpstreamCredentialUnavailable",
+                "The gateway cannot sign in to Azure OpenAI right now.",
+                retry_after=1,
+            )
+        unready = all(c.ready_in > 0 or c.probe_down for c in candidates)
+        if plan.home is not None and (attempts.failure or unready):
+            # Down or cooling down: another region would only answer 404, so say where it lives and when to retry.
+            return GatewayError(
+                503,
+                "RegionUnavailable",
+                f"The {plan.home}, which is unavailable now; it cannot be served from another region. "
+                "Retry after the time in Retry-After.",
+                retry_after=self._retry_hint(recovery),
+            )
+        if recovery != math.inf and (attempts.saw_429 or not attempts.failure):
+            wait = min(max(recovery, 0.001), self.routing.max_retry_after_seconds)
+            return GatewayError(
+                429,
+                "429",
+                "Every deployment behind this gateway is at its rate limit; retry after the time in Retry-After.",
+                retry_after=wait,
+            )
+        if attempts.failure:
+            return GatewayError(502, "BadGateway", f"The upstream deployments failed: {attempts.failure}.")
+        return GatewayError(
+            503, "ServiceUnavailable", "No healthy deployment is available.", retry_after=self._retry_hint(recovery)
+        )
+
+    def _retry_hint(self, recovery: float) -> float:
+        cap = self.routing.max_retry_after_seconds
+        return cap if recovery == math.inf else min(recovery, cap)
+
+    async def _backoff(self, attempt: int, deadline: float) -> None:
+        # Full jitter; the next try goes to another host, so this only spreads bursts of retries apart.
+        delay = self._rng.uniform(0, self.routing.backoff_base_seconds * 2 ** (attempt - 1))
+        await self._clock.sleep(min(delay, max(0.0, deadline - self._clock.now())))
+
+    # -- one attempt ------------------------------------------------------------------------------
+    async def _attempt(
+        self,
+        host: Host,
+        inbound: Inbound,
+        plan: Plan,
+        admission: Admission,
+        attempts: _Attempts,
+        deadline: float,
+        record: RequestRecord,
+    ) -> Outgoing | None:
+        """One try on one host: an Outgoing to return, or None to try the next host."""
+        attempts.tried.add(host.key)
+        remaining = deadline - self._clock.now()
+        if remaining <= 0:
+            raise GatewayError(504, "GatewayTimeout", "The gateway's deadline passed before an upstream answered.")
+        began = record.timer()
+        try:
+            headers = await self._upstream.headers(host, inbound.headers)
+        except CredentialUnavailable as exc:
+            # The gateway's own failure: no host is blamed, none is ejected.
+            attempts.credential = str(exc)
+            record.attempt(host.name, "credential_unavailable", began)
+            log.error("upstream credential unavailable: %s", exc)
+            return None
+        reservation = None
+        if inbound.metered:
+            reservation = self.ledger.reserve(
+                (host.key, *admission.windows),
+                inbound.cost,
+                prompt=inbound.prompt,
+                client=admission.client,
+                deployment=inbound.logical or "",
+            )
+        hold = _Hold(self, reservation)
+        handed_off = False
+        try:
+            hold.sent = True
+            try:
+                hold.response = await self._upstream.send(
+                    host,
+                    inbound.route,
+                    inbound.query,
+                    headers,
+                    _payload(inbound, host),
+                    header_timeout=min(self.routing.response_header_timeout_seconds, remaining),
+                )
+            except Broken as exc:
+                self._broken(host, exc.breakage, exc.detail, hold, inbound, attempts, deadline)
+                record.attempt(host.name, exc.breakage.value, began)
+                return None
+            outgoing = await self._answer(host, inbound, hold, attempts, deadline, record, began)
+            handed_off = outgoing is not None and outgoing.stream is not None
+            return outgoing
+        finally:
+            if not handed_off:
+                hold.close(reusable=True)
+
+    def _broken(
+        self,
+        host: Host,
+        breakage: Breakage,
+        detail: str,
+        hold: _Hold,
+        inbound: Inbound,
+        attempts: _Attempts,
+        deadline: float,
+    ) -> None:
+        (hold.settle(None) if upstream_charged(breakage) else hold.release())
+        if hold.response is not None:
+            hold.response.close()
+            hold.response = None
+        attempts.failure = f"{host.name} {detail}"
+        if self._health.record_failure(host.key, detail):
+            log.warning("host %s ejected: %s", host.key, detail)
+        if deadline - self._clock.now() <= 0:
+            raise GatewayError(504, "GatewayTimeout", "No upstream answered within the gateway's deadline.")
+        if not retryable(breakage, creates=inbound.route.creates):
+            raise GatewayError(
+                502,
+                "upstream_outcome_unknown",
+                f"{host.name} {detail} once the request was sent, so it may have "
+                + ("created the object" if inbound.route.creates else "acted on it")
+                + "; the gateway does not send it again elsewhere. Check before retrying.",
+            )
+
+    async def _answer(
+        self,
+        host: Host,
+        inbound: Inbound,
+        hold: _Hold,
+        attempts: _Attempts,
+        deadline: float,
+        record: RequestRecord,
+        began: float,
+    ) -> Outgoing | None:
+        response = hold.response
+        assert response is not None
+        status, upstream_headers = response.status, response.headers
+        if hold.reservation is not None:
+            self.ledger.observe(hold.reservation, *_remaining(upstream_headers))
+        body = relay.chunks(
+            response,
+            self._clock.to_real(self.routing.stream_idle_timeout_seconds),
+            relay.Decoder(
+                "" if relay.passes_encoding(upstream_headers) else upstream_headers.get("content-encoding", "")
+            ),
+        )
+        headers = client_headers(upstream_headers, host)
+        record.upstream_request_id = upstream_headers.get("x-request-id", "") or record.upstream_request_id
+        if status < 300 and response.content_type == "text/event-stream":
+            self._success(host)
+            record.attempt(host.name, "ok", began, status)
+            return Outgoing(status, headers, stream=self._stream(host, inbound, hold, body, record))
+        cap = relay.JSON_CAP if status < 300 else ERROR_BODY_CAP
+        readable = status >= 300 or "json" in response.content_type
+        try:
+            parts, complete = await relay.read_capped(body, cap) if readable else ([], False)
+        except relay.CutOff as exc:
+            self._broken(host, Breakage.CUT_OFF, str(exc), hold, inbound, attempts, deadline)
+            record.attempt(host.name, Breakage.CUT_OFF.value, began, status)
+            return None
+        content = b"".join(parts)
+        verdict = Verdict.ANSWERED if status < 300 else self._judged(host, inbound, hold, attempts, status, content)
+        record.attempt(host.name, "ok" if verdict is Verdict.ANSWERED else verdict.value, began, status)
+        if verdict is not Verdict.ANSWERED:
+            return None
+        self._success(host)
+        if not complete:
+            # Large or binary (file content, audio, batch output): relayed as it arrives, never held whole.
+            return Outgoing(status, headers, stream=self._passthrough(hold, relay.prepend(parts, body), record))
+        if status < 300:
+            used = usage.usage_from_json(content)
+            hold.settle(used)
+            record.input_tokens, record.output_tokens = (used.prompt, used.completion) if used else (None, None)
+            if inbound.route.creates or inbound.route.kind == "batch":
+                await self._placement.record_created(usage.json_or_none(content), host, new=inbound.route.creates)
+        else:
+            hold.release()  # a 4xx from the model (bad parameter, content filter): not run
+        return Outgoing(status, headers, body=content)
+
+    def _judged(
+        self, host: Host, inbound: Inbound, hold: _Hold, attempts: _Attempts, status: int, content: bytes
+    ) -> Verdict:
+        """Act on an upstream error answer; ANSWERED when it is the model's own answer for the client."""
+        response = hold.response
+        assert response is not None
+        judgement = judge(status, response.headers, content)
+        verdict = judgement.verdict
+        if verdict is Verdict.ANSWERED:
+            return verdict
+        hold.release()
+        if verdict is Verdict.TOKEN_LIMIT:
+            attempts.saw_429 = True
+            # Only requests at least this large are kept from this host: a smaller one may fit now.
+            used = self._health.block_tokens(host.key, max(1, inbound.cost), judgement.retry_after)
+            self.ledger.surprised(host.key, requests=False)
+            log.info(
+                "host %s: token-limit 429 for a %d-token request; such requests wait %.1fs",
+                host.key,
+                inbound.cost,
+                used,
+            )
+        elif verdict in (Verdict.REQUEST_LIMIT, Verdict.CAPACITY):
+            attempts.saw_429 = True
+            seconds = judgement.retry_after if verdict is Verdict.REQUEST_LIMIT else None
+            used = self._health.cool_down(host.key, seconds, f"429 ({verdict.value})")
+            if verdict is Verdict.REQUEST_LIMIT:
+                self.ledger.surprised(host.key, requests=True)
+            log.info("host %s answered 429 (%s); cooling down %.1fs", host.key, verdict.value, used)
+        elif verdict is Verdict.REFUSED:
+            reason = (
+                f"upstream {status}: the gateway's identity lacks the 'Cognitive Services OpenAI User' role "
+                "on this resource, or its api key is wrong"
+            )
+            log.error("host %s: %s", host.key, reason)
+            self._health.eject(host.key, reason)
+            attempts.failure = f"{host.name} refused the gateway's credentials"
+        elif verdict is Verdict.NO_DEPLOYMENT:
+            reason = f"upstream 404: deployment {host.deployment!r} does not exist on {host.endpoint}"
+            log.error("host %s: %s", host.key, reason)
+            self._health.eject(host.key, reason)
+            attempts.failure = f"{host.name} has no such deployment"
+        if counts_against_host(verdict):
+            detail = f"answered {status}" if verdict is Verdict.FAILED else f"answered a {status} redirect"
+            if verdict is Verdict.REDIRECT:
+                log.warning("host %s answered a %d redirect; not followed", host.key, status)
+            attempts.failure = f"{host.name} {detail}"
+            if self._health.record_failure(host.key, detail):
+                log.warning("host %s ejected: %s", host.key, detail)
+        if not retryable(verdict, creates=inbound.route.creates):
+            return Verdict.ANSWERED  # a 5xx after a create may have created it: the client must see it
+        return verdict
+
+    def _success(self, host: Host) -> None:
+        if self._health.record_success(host.key):
+            probe = self._health.probe_result(host.key)
+            log.warning(
+                "host %s: the active health check says down (%s) but live traffic succeeds; trusting live traffic",
+                host.key,
+                probe.reason if probe else "",
+            )
+
+    # -- bodies that are relayed --------------------------------------------------------------------
+    def _stream(self, host: Host, inbound: Inbound, hold: _Hold, body: Any, record: RequestRecord) -> relay.Relay:
+        """An event stream, event by event; settled with its usage; a break ends it with an error event."""
+        scanner = usage.SseScanner(strip_usage=inbound.inject_usage)
+        creates = inbound.route.creates
+        placement = self._placement
+
+        async def watch(event: bytes) -> None:
+            nonlocal creates
+            if creates and b"response.created" in event:
+                creates = not await placement.record_created(usage.data_payload(event), host)
+
+        def finish(scanner: usage.SseScanner | None, ending: str) -> None:
+            assert scanner is not None
+            record.ending = ending
+            used = scanner.usage
+            if used is not None:
+                record.input_tokens, record.output_tokens = used.prompt, used.completion
+            if ending == "cut_off":
+                if self._health.record_failure(host.key, "dropped a stream"):
+                    log.warning("host %s ejected: dropped a stream", host.key)
+                log.warning("host %s: stream interrupted after it had started", host.key)
+            hold.settle(used)
+            hold.close(reusable=ending == "complete")
+
+        stream = relay.Relay(relay.sse_events(body, scanner, watch if creates else None), finish, scanner)
+        stream.first_byte = record.first_byte
+        record.stream = True
+        return stream
+
+    def _passthrough(self, hold: _Hold, body: Any, record: RequestRecord) -> relay.Relay:
+        def finish(scanner: usage.SseScanner | None, ending: str) -> None:
+            record.ending = ending
+            hold.settle(None)
+            hold.close(reusable=ending == "complete")
+
+        stream = relay.Relay(body, finish)
+        stream.first_byte = record.first_byte
+        return stream
+
+
+def _payload(inbound: Inbound, host: Host) -> bytes:
+    """The body as the host needs it: its own deployment name in a v1 `model`, usage asked for if we strip it."""
+    body = inbound.body
+    if body is None:
+        return inbound.raw
+    changes: dict[str, Any] = {}
+    if inbound.route.by_model and body.get("model") != host.deployment:
+        changes["model"] = host.deployment
+    if inbound.inject_usage:
+        options = body.get("stream_options")
+        changes["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    if not changes:
+        return inbound.raw
+    return json.dumps({**body, **changes}, separators=(",", ":")).encode()
+
+
+def _remaining(headers: Mapping[str, str]) -> tuple[int | None, int | None]:
+    return _int_header(headers, "x-ratelimit-remaining-tokens"), _int_header(headers, "x-ratelimit-remaining-requests")
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,160 @@
+"""Answer bodies on their way to the client, with bounded memory.
+
+JSON answers are read whole (they are small, and carry the usage), up to a cap; anything larger or
+binary (file contents, audio, batch output) passes through chunk by chunk as it arrives, and event
+streams event by event. Every read waits at most the stream-idle timeout. A compressed body is
+decoded when it is gzip or deflate (then labelled as what it now is), else passed on with its
+`content-encoding`.
+
+A `Relay` is closed exactly once, whether the client read it to the end, left half-way, or never
+started reading: that is when its attempt is settled (lease.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+
+import aiohttp
+
+from shared.errors import sse_error_event
+from shared.usage import SseScanner
+
+JSON_CAP = 4 * 1024 * 1024  # a larger "JSON" answer is relayed, not held
+_DECODED_PIECE = 256 * 1024  # most bytes a compressed chunk may expand to at a time
+DECODABLE = frozenset({"gzip", "x-gzip", "deflate"})
+
+
+class CutOff(Exception):
+    """The body broke off (transport error, idle timeout, undecodable bytes)."""
+
+
+class Decoder:
+    """gzip / deflate bodies decoded piece by piece; identity passes through."""
+
+    def __init__(self, encoding: str) -> None:
+        encoding = encoding.strip().lower()
+        self._inflate = None
+        if encoding in ("gzip", "x-gzip"):
+            self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._inflate = zlib.decompressobj()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if self._inflate is None:
+            return [data] if data else []
+        pieces = []
+        try:
+            while data:
+                piece = self._inflate.decompress(data, _DECODED_PIECE)
+                if piece:
+                    pieces.append(piece)
+                data = self._inflate.unconsumed_tail
+        except zlib.error:
+            raise CutOff("the upstream's compressed body is corrupt") from None
+        return pieces
+
+
+async def chunks(response: aiohttp.ClientResponse, idle: float, decoder: Decoder) -> AsyncIterator[bytes]:
+    """The body as it arrives, decoded; `idle` is real seconds allowed between two reads."""
+    content = response.content
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                data = await content.readany()
+        except TimeoutError:
+            raise CutOff("the upstream went silent") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise CutOff(f"the upstream connection broke ({type(exc).__name__})") from None
+        if not data:
+            return
+        for piece in decoder.feed(data):
+            yield piece
+
+
+async def read_capped(body: AsyncIterator[bytes], cap: int) -> tuple[list[bytes], bool]:
+    """Up to `cap` bytes of the body, and whether that was all of it."""
+    parts: list[bytes] = []
+    size = 0
+    async for piece in body:
+        parts.append(piece)
+        size += len(piece)
+        if size > cap:
+            return parts, False
+    return parts, True
+
+
+# How a relayed body ended: "complete", "cut_off" (the upstream's doing) or "abandoned" (the client left).
+Finish = Callable[[SseScanner | None, str], None]
+
+
+class Relay:
+    """An answer body streamed to the client, and the one place its attempt is finished."""
+
+    def __init__(self, body: AsyncIterator[bytes], finish: Finish, scanner: SseScanner | None = None) -> None:
+        self._body = body
+        self._finish = finish
+        self._scanner = scanner
+        self._closed = False
+        self.first_byte: Callable[[], None] | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        ending = "abandoned"
+        try:
+            first = True
+            async for piece in self._body:
+                if first and self.first_byte is not None:
+                    self.first_byte()
+                first = False
+                yield piece
+            ending = "complete"
+        except CutOff:
+            ending = "cut_off"
+            if self._scanner is not None:
+                yield sse_error_event(
+                    "upstream_interrupted", "The upstream stream was interrupted; the answer is incomplete."
+                )
+        finally:
+            self._close(ending)
+
+    def _close(self, ending: str) -> None:
+        if not self._closed:
+            self._closed = True
+            self._finish(self._scanner, ending)
+
+    async def aclose(self) -> None:
+        """After the response: finishes an attempt whose body was not read to the end (the client left)."""
+        self._close("abandoned")
+
+
+async def sse_events(
+    body: AsyncIterator[bytes], scanner: SseScanner, watch: Callable[[bytes], Awaitable[None]] | None
+) -> AsyncIterator[bytes]:
+    """Whole events as they complete; a stream that ends without its own terminal event was cut off."""
+    async for piece in body:
+        for event in scanner.feed(piece):
+            if watch is not None:
+                await watch(event)
+            yield event
+    rest = scanner.flush()
+    if rest:
+        yield rest
+    if not scanner.done:
+        raise CutOff("the stream ended before its terminal event")
+
+
+async def prepend(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for piece in first:
+        yield piece
+    async for piece in rest:
+        yield piece
+
+
+def passes_encoding(headers: Mapping[str, str]) -> bool:
+    """Whether the body goes out still encoded (so its content-encoding header must go with it)."""
+    encoding = headers.get("content-encoding", "").strip().lower()
+    return bool(encoding) and encoding != "identity" and encoding not in DECODABLE
