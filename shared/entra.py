@@ -65,7 +65,10 @@ class JwksCache:
 
     An unknown kid triggers an immediate refresh (key rotation), but a URL is fetched at most once
     per `min_refresh` seconds outside ttl expiry, so a stream of bogus kids cannot hammer the
-    endpoint. Concurrent misses share one in-flight fetch. A failed fetch leaves the cache as it was.
+    endpoint. A failed fetch leaves the cache as it was and is remembered for `failure_hold`
+    seconds, during which callers needing it are refused without another fetch: an unauthenticated
+    flood while the endpoint fails costs at most one fetch per URL per hold. Concurrent misses share
+    one in-flight fetch. URLs come only from the allow-listed tenants, so every map here is bounded.
     """
 
     def __init__(
@@ -75,13 +78,16 @@ class JwksCache:
         *,
         ttl: float = 3600.0,
         min_refresh: float = 300.0,
+        failure_hold: float = 10.0,
     ) -> None:
         self._fetcher = fetcher
         self._clock = clock
         self._ttl = ttl
         self._min_refresh = min_refresh
+        self._failure_hold = failure_hold
         self._sets: dict[str, _KeySet] = {}
         self._last_attempt: dict[str, float] = {}
+        self._failed_at: dict[str, float] = {}
         self._inflight: dict[str, asyncio.Task[_KeySet]] = {}
 
     async def key(self, url: str, kid: str) -> RSAPublicKey | None:
@@ -93,6 +99,9 @@ class JwksCache:
                 return cached.keys[kid]
             if now - self._last_attempt[url] < self._min_refresh:
                 return None
+        failed = self._failed_at.get(url)
+        if failed is not None and now - failed < self._failure_hold:
+            raise JwksUnavailable(url)
         fresh = await self._refresh(url)
         return fresh.keys.get(kid)
 
@@ -109,10 +118,14 @@ class JwksCache:
         try:
             keys = _parse_jwks(await self._fetcher(url))
         except Exception as exc:
-            log.warning("JWKS fetch from %s failed: %r", url, exc)
+            if url not in self._failed_at:
+                log.warning("JWKS fetch from %s failed: %s", url, type(exc).__name__)
+            self._failed_at[url] = self._clock.now()
             raise JwksUnavailable(url) from exc
         finally:
             del self._inflight[url]
+        if self._failed_at.pop(url, None) is not None:
+            log.warning("JWKS fetch from %s works again", url)
         fresh = _KeySet(keys, self._clock.now())
         self._sets[url] = fresh
         return fresh
@@ -189,12 +202,13 @@ class EntraValidator:
         if not isinstance(kid, str) or not kid:
             raise _unauthorized("missing key id")
         tid = unverified.get("tid")
-        # Checked against the allow-list before it goes into a URL or triggers any fetch.
+        # Checked against the allow-list before it goes into a URL or triggers any fetch; the URL uses the
+        # canonical (lower-case) tenant, so case variants share one cache entry and one fetch.
         if not isinstance(tid, str) or tid.lower() not in self._tenants:
             raise _unauthorized("tenant not allowed")
 
         try:
-            key = await self._jwks.key(f"{self._authority}/{tid}/discovery/v2.0/keys", kid)
+            key = await self._jwks.key(f"{self._authority}/{tid.lower()}/discovery/v2.0/keys", kid)
         except JwksUnavailable:
             raise _unauthorized("could not verify token") from None
         if key is None:

@@ -36,6 +36,7 @@ from shared.entra import (
 )
 
 TENANT = "11111111-1111-1111-1111-111111111111"
+LETTERED = "aaaabbbb-cccc-dddd-eeee-ffff00001111"  # a tenant id whose case can vary
 OTHER_TENANT = "22222222-2222-2222-2222-222222222222"
 AUDIENCE = "api://gateway"
 ROLE = "Gateway.Invoke"
@@ -79,7 +80,7 @@ ENDPOINT = web.AppKey("endpoint", JwksEndpoint)
 async def serve_jwks(request: web.Request) -> web.StreamResponse:
     endpoint = request.app[ENDPOINT]
     endpoint.hits += 1
-    if request.match_info["tid"] != TENANT:
+    if request.match_info["tid"] not in (TENANT, LETTERED):  # the canonical (lower-case) form only
         raise web.HTTPNotFound()
     if endpoint.down:
         raise web.HTTPServiceUnavailable()
@@ -367,8 +368,51 @@ async def test_jwks_down_then_back(env: Env, caplog: pytest.LogCaptureFixture) -
         await rejected(validator, f"Bearer {token}", "could not verify token")
     assert "JWKS fetch" in caplog.text and token not in caplog.text
     env.endpoint.down = False
+    # The failure is held for a while: callers are refused without another fetch...
+    await rejected(validator, f"Bearer {token}", "could not verify token")
+    assert env.endpoint.hits == 1
+    env.clock.advance(10)  # ...then the next caller fetches again
     assert (await validator.validate(f"Bearer {token}")).tenant == TENANT
     assert env.endpoint.hits == 2
+
+
+def lettered(env: Env) -> EntraValidator:
+    return EntraValidator(
+        tenants=[LETTERED.upper()],
+        audiences=[AUDIENCE],
+        required_role=None,
+        jwks=env.cache,
+        wall_time=lambda: NOW,
+        leeway=LEEWAY,
+        authority=env.authority,
+    )
+
+
+def variant_token(env: Env, tid: str) -> str:
+    return env.token(tid=tid, iss=f"{env.authority}/{tid}/v2.0")
+
+
+@pytest.mark.asyncio
+async def test_an_unauthenticated_flood_while_jwks_fails_costs_one_fetch_per_hold(env: Env) -> None:
+    env.endpoint.down = True
+    validator = lettered(env)
+    tokens = [variant_token(env, variant) for variant in (LETTERED, LETTERED.upper(), LETTERED.title())]
+    for _ in range(30):
+        for token in tokens:
+            await rejected(validator, f"Bearer {token}", "could not verify token")
+    assert env.endpoint.hits == 1  # case variants of the tenant are one URL; failures are held
+    env.clock.advance(60)
+    for token in tokens * 10:
+        await rejected(validator, f"Bearer {token}", "could not verify token")
+    assert env.endpoint.hits == 2
+
+
+@pytest.mark.asyncio
+async def test_case_variants_of_the_tenant_share_one_cache_entry(env: Env) -> None:
+    validator = lettered(env)
+    for variant in (LETTERED, LETTERED.upper(), LETTERED.title()):
+        assert (await validator.validate(f"Bearer {variant_token(env, variant)}")).tenant == variant
+    assert env.endpoint.hits == 1
 
 
 @pytest.mark.asyncio
