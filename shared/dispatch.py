@@ -391,7 +391,8 @@ class Dispatcher:
         record.attempt(host.name, "ok" if verdict is Verdict.ANSWERED else verdict.value, began, status)
         if verdict is not Verdict.ANSWERED:
             return None
-        self._success(host)
+        if status < 500:  # a 5xx relayed because a create may have happened is no sign of health
+            self._success(host)
         if not complete:
             # Large or binary (file content, audio, batch output): relayed as it arrives, never held whole.
             return Outgoing(status, headers, stream=self._passthrough(hold, relay.prepend(parts, body), record))
