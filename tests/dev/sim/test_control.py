@@ -5,9 +5,10 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
+from dev.sim.files import synthetic
 from dev.simulator import SimDeployment, run_regions, start_control
 from shared.clock import ScaledClock
-from tests.dev.sim.conftest import CHAT, chat_body, post
+from tests.dev.sim.conftest import CHAT, VERSION, Clients, chat_body, post
 
 
 @pytest.mark.asyncio
@@ -35,6 +36,28 @@ async def test_control_server_survives_a_region_going_down(session: aiohttp.Clie
         assert (await post(session, control + "/_sim/reset", {}))[0] == 200
         assert regions[0].stats["gpt-4o"].admitted_requests == 0
         assert regions[1].faults.error_500 is True  # reset clears windows and counters, not faults
+    finally:
+        await runner.cleanup()
+        for region in regions:
+            await region.stop()
+
+
+@pytest.mark.asyncio
+async def test_the_control_server_plants_synthetic_files(session: aiohttp.ClientSession, sdk: Clients) -> None:
+    regions = await run_regions([("eastus", [SimDeployment("gpt-4o", 10_000)])], ScaledClock(600), ttft=0.0)
+    runner, control = await start_control(regions)
+    try:
+        size = 3 * 1024 * 1024 + 7
+        status, _, file = await post(session, control + "/_sim/eastus/objects", {"kind": "file", "bytes": size}, {})
+        assert status == 200 and file["id"].startswith("file-") and (file["bytes"], file["purpose"]) == (size, "batch")
+        content = await sdk.azure(regions[0].endpoint, VERSION).files.content(file["id"])
+        assert content.read() == b"".join(synthetic(size))
+        named = {"kind": "file", "bytes": 0, "purpose": "assistants", "filename": "empty.txt"}
+        assert (await post(session, control + "/_sim/eastus/objects", named, {}))[2]["filename"] == "empty.txt"
+        assert regions[0].snapshot()["objects"] == {"file": 2}
+        for bad in ({"kind": "thread", "bytes": 1}, {"kind": "file", "bytes": -1}, {"kind": "file", "bytes": "1"}):
+            assert (await post(session, control + "/_sim/eastus/objects", bad, {}))[0] == 400
+        assert (await post(session, control + "/_sim/nowhere/objects", {"kind": "file", "bytes": 1}, {}))[0] == 404
     finally:
         await runner.cleanup()
         for region in regions:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import tracemalloc
+
 import aiohttp
 import openai
 import pytest
 
-from tests.dev.sim.conftest import AUTH, KEY, VERSION, Launch
+from dev.sim.files import synthetic
+from tests.dev.sim.conftest import AUTH, KEY, VERSION, Launch, get
 
 
 @pytest.mark.asyncio
@@ -42,3 +46,31 @@ async def test_files_live_in_the_region_that_stored_them(launch: Launch, session
         assert resp.status == 400 and (await resp.json())["error"]["code"] == "MissingApiVersionParameter"
     async with session.get(f"{home}/openai/v1/files", headers=AUTH) as resp:
         assert resp.status == 200
+
+
+@pytest.mark.asyncio
+async def test_a_planted_file_streams_its_content_with_bounded_memory(
+    launch: Launch, session: aiohttp.ClientSession
+) -> None:
+    """64 MiB come out of a region that never holds more than a chunk of them (tracemalloc's peak)."""
+    region, url = await launch()
+    size = 64 * 1024 * 1024 + 5  # not a whole number of blocks
+    file = region.plant_file(size, purpose="batch")
+    expected = hashlib.sha256()
+    for chunk in synthetic(size):
+        expected.update(chunk)
+    digest, received = hashlib.sha256(), 0
+    tracemalloc.start()
+    try:
+        async with session.get(f"{url}/openai/v1/files/{file['id']}/content", headers=AUTH) as resp:
+            assert resp.headers["Content-Length"] == str(size)
+            async for chunk in resp.content.iter_chunked(1024 * 1024):
+                digest.update(chunk)
+                received += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert received == size and digest.hexdigest() == expected.hexdigest()
+    assert peak < 8 * 1024 * 1024, peak
+    status, _, meta = await get(session, f"{url}/openai/v1/files/{file['id']}")
+    assert (status, meta["bytes"], meta["purpose"]) == (200, size, "batch")
