@@ -20,7 +20,7 @@ from aiohttp import web
 
 from dev.sim.context import Context, context
 from dev.sim.errors import bad_request
-from dev.sim.files import FILES
+from dev.sim.files import FILES, named_files
 from dev.sim.inference import DEFAULT_MAX_TOKENS, content_chars, text, word
 from dev.sim.parse import flag, ids, json_body, positive_int
 from dev.sim.router import Collection, Routes, find, require
@@ -52,8 +52,8 @@ def _check_resources(request: web.Request, body: Json) -> None:
     resources = body.get("tool_resources") or {}
     if not isinstance(resources, dict):
         raise bad_request("'tool_resources' must be an object.")
-    interpreter, search = resources.get("code_interpreter") or {}, resources.get("file_search") or {}
-    require(request, FILES, ids(interpreter.get("file_ids"), "file_ids"))
+    named_files(request, resources.get("code_interpreter") or {})
+    search = resources.get("file_search") or {}
     require(request, VECTOR_STORES, ids(search.get("vector_store_ids"), "vector_store_ids"))
 
 

@@ -9,9 +9,9 @@ from aiohttp import web
 
 from dev.sim.context import context
 from dev.sim.errors import bad_request
-from dev.sim.files import FILES
+from dev.sim.files import named_file
 from dev.sim.parse import json_body
-from dev.sim.router import Collection, Routes, find, require
+from dev.sim.router import Collection, Routes, find
 from dev.sim.store import new_id
 from dev.sim.surfaces import BOTH
 
@@ -21,10 +21,10 @@ EXPIRES_AFTER = 24 * 3600
 
 async def _create(request: web.Request, parent: Json | None) -> Json:
     body = await json_body(request)
-    for name in ("input_file_id", "endpoint", "completion_window"):
+    for name in ("endpoint", "completion_window"):
         if not isinstance(body.get(name), str):
             raise bad_request(f"Missing required parameter: {name!r}.")
-    require(request, FILES, [body["input_file_id"]])
+    named_file(request, body, "input_file_id")
     created = int(time.time())
     batch = {
         "id": new_id("batch_"),

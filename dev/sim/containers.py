@@ -13,9 +13,9 @@ from aiohttp import web
 
 from dev.sim.context import context
 from dev.sim.errors import bad_request
-from dev.sim.files import FILES, Blob, stream
-from dev.sim.parse import form, ids, json_body, upload
-from dev.sim.router import Collection, Routes, find, owner, require
+from dev.sim.files import FILES, Blob, named_file, named_files, stream
+from dev.sim.parse import form, json_body, upload
+from dev.sim.router import Collection, Routes, find, owner
 from dev.sim.store import Store, new_id
 from dev.sim.surfaces import V1
 
@@ -47,8 +47,7 @@ async def _create(request: web.Request, parent: Json | None) -> Json:
     body = await json_body(request)
     if not isinstance(body.get("name"), str):
         raise bad_request("Missing required parameter: 'name'.")
-    file_ids = ids(body.get("file_ids"), "file_ids")
-    require(request, FILES, file_ids)
+    file_ids = named_files(request, body)
     now = int(time.time())
     container = {
         "id": new_id("cntr_"),
@@ -74,11 +73,7 @@ async def _add_file(request: web.Request, parent: Json | None) -> Json:
     if request.content_type.startswith("multipart/"):
         part = upload(await form(request), "file")
         return _store_file(store, parent, Blob.of(part.file.read()), part.filename)
-    body = await json_body(request)
-    if not isinstance(body.get("file_id"), str):
-        raise bad_request("A container file needs a multipart 'file' or a 'file_id'.")
-    require(request, FILES, [body["file_id"]])
-    return _copy(store, parent, body["file_id"])
+    return _copy(store, parent, named_file(request, await json_body(request)))
 
 
 async def _content(request: web.Request) -> web.StreamResponse:

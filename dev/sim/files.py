@@ -17,8 +17,8 @@ from aiohttp import web
 
 from dev.sim.context import context
 from dev.sim.errors import bad_request
-from dev.sim.parse import form, upload
-from dev.sim.router import Collection, Routes, find
+from dev.sim.parse import form, ids, upload
+from dev.sim.router import Collection, Routes, find, require
 from dev.sim.store import Store, new_id
 from dev.sim.streams import Streamed
 from dev.sim.surfaces import BOTH
@@ -110,6 +110,22 @@ async def _content(request: web.Request) -> web.StreamResponse:
 FILES = Collection(
     "file", "file", "files", "file_id", BOTH, create=_upload, deleted="file", default_limit=10_000, max_limit=10_000
 )
+
+
+def named_file(request: web.Request, body: Json, field: str = "file_id") -> str:
+    """The id of a file of this region that the body names (400 if it names none, 404 if it is not here)."""
+    file_id = body.get(field)
+    if not isinstance(file_id, str):
+        raise bad_request(f"Missing required parameter: {field!r}.")
+    require(request, FILES, [file_id])
+    return file_id
+
+
+def named_files(request: web.Request, body: Json, field: str = "file_ids") -> list[str]:
+    """The ids of files of this region that the body lists (none if absent; 404 for one that is not here)."""
+    file_ids = ids(body.get(field), field)
+    require(request, FILES, file_ids)
+    return file_ids
 
 
 def mount(routes: Routes) -> None:

@@ -171,35 +171,21 @@ def _finish_reason(call: Call) -> str:
 
 def _completion(call: Call) -> Json:
     content, reason = text(call.completion_tokens), _finish_reason(call)
-    if call.op == "chat":
-        choices = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": reason,
-                "logprobs": None,
-            }
-            for i in range(call.choices)
-        ]
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": call.deployment,
-            "choices": choices,
-            "usage": _usage(call),
-            "prompt_filter_results": [],
-            "system_fingerprint": "fp_simulator",
-        }
-    choices = [{"index": i, "text": content, "finish_reason": reason, "logprobs": None} for i in range(call.choices)]
-    return {
-        "id": f"cmpl-{uuid.uuid4().hex}",
-        "object": "text_completion",
+    chat = call.op == "chat"
+    choices = [
+        {"index": i, "finish_reason": reason, "logprobs": None}
+        | ({"message": {"role": "assistant", "content": content}} if chat else {"text": content})
+        for i in range(call.choices)
+    ]
+    answer = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}" if chat else f"cmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion" if chat else "text_completion",
         "created": int(time.time()),
         "model": call.deployment,
         "choices": choices,
         "usage": _usage(call),
     }
+    return answer | ({"prompt_filter_results": [], "system_fingerprint": "fp_simulator"} if chat else {})
 
 
 def _embeddings(call: Call) -> Json:

@@ -55,15 +55,7 @@ class Collection:
 
 def owner(collection: Collection, request: web.Request) -> Json | None:
     """The object the collection's items belong to, after checking the whole chain exists in this region."""
-    parent = collection.parent
-    if parent is None:
-        return None
-    grandparent = owner(parent, request)
-    parent_id = request.match_info[parent.param]
-    found = context(request).store.get(parent.kind, parent_id, grandparent["id"] if grandparent else None)
-    if found is None:
-        raise not_found(parent.noun, parent_id)
-    return found
+    return find(collection.parent, request) if collection.parent else None
 
 
 def find(collection: Collection, request: web.Request) -> Json:

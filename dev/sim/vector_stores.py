@@ -15,7 +15,7 @@ from aiohttp import web
 
 from dev.sim.context import context
 from dev.sim.errors import bad_request
-from dev.sim.files import FILES, Blob, head
+from dev.sim.files import FILES, Blob, head, named_file, named_files
 from dev.sim.parse import ids, json_body, positive_int
 from dev.sim.router import Collection, Routes, find, owner, require
 from dev.sim.store import Store, new_id, page
@@ -63,8 +63,7 @@ def _recount(store: Store, vector_store: Json) -> None:
 
 async def _create(request: web.Request, parent: Json | None) -> Json:
     body = await json_body(request)
-    file_ids = ids(body.get("file_ids"), "file_ids")
-    require(request, FILES, file_ids)
+    file_ids = named_files(request, body)
     now = int(time.time())
     vector_store = {
         "id": new_id("vs_"),
@@ -89,10 +88,7 @@ async def _create(request: web.Request, parent: Json | None) -> Json:
 async def _add_file(request: web.Request, parent: Json | None) -> Json:
     assert parent is not None
     body = await json_body(request)
-    if not isinstance(body.get("file_id"), str):
-        raise bad_request("Missing required parameter: 'file_id'.")
-    require(request, FILES, [body["file_id"]])
-    return _index(context(request).store, parent, body["file_id"], body.get("attributes"))
+    return _index(context(request).store, parent, named_file(request, body), body.get("attributes"))
 
 
 async def _remove_file(request: web.Request) -> web.StreamResponse:

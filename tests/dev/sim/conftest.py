@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import openai
+import pytest
 import pytest_asyncio
 from multidict import CIMultiDictProxy
 
@@ -110,3 +111,10 @@ async def sse(session: aiohttp.ClientSession, url: str, body: object) -> list[st
     events = text[: -len("\n\n")].split("\n\n")
     assert all(event.startswith("data: ") for event in events)
     return [event.removeprefix("data: ") for event in events]
+
+
+async def all_not_found(*calls: Callable[[], Awaitable[object]]) -> None:
+    """Each SDK call answers 404 (another region's object, or one that is gone)."""
+    for call in calls:
+        with pytest.raises(openai.NotFoundError):
+            await call()

@@ -10,38 +10,35 @@ import openai
 import pytest
 
 from dev.sim.files import synthetic
-from tests.dev.sim.conftest import AUTH, KEY, VERSION, Launch, get
+from tests.dev.sim.conftest import AUTH, VERSION, Clients, Launch, get
 
 
 @pytest.mark.asyncio
-async def test_files_live_in_the_region_that_stored_them(launch: Launch, session: aiohttp.ClientSession) -> None:
+async def test_files_live_in_the_region_that_stored_them(
+    launch: Launch, session: aiohttp.ClientSession, sdk: Clients
+) -> None:
     """Upload, read, list, download and delete through the Azure SDK; another region knows nothing of them."""
     _, home = await launch()
     _, elsewhere = await launch()
-    here = openai.AsyncAzureOpenAI(azure_endpoint=home, api_key=KEY, api_version=VERSION, max_retries=0)
-    there = openai.AsyncAzureOpenAI(azure_endpoint=elsewhere, api_key=KEY, api_version=VERSION, max_retries=0)
-    try:
-        first = await here.files.create(file=("data.jsonl", b'{"a": 1}\n'), purpose="batch")
-        second = await here.files.create(file=("more.jsonl", b"{}\n"), purpose="batch")
-        assert first.id.startswith("file-") and (first.bytes, first.filename, first.status) == (
-            9,
-            "data.jsonl",
-            "processed",
-        )
-        assert (await here.files.retrieve(first.id)).id == first.id
-        assert (await here.files.content(first.id)).read() == b'{"a": 1}\n'
-        listed = await here.files.list()
-        assert [f.id for f in listed.data] == [second.id, first.id]
-        assert [f.id for f in (await here.files.list(limit=1)).data] == [second.id]  # newest first
-        with pytest.raises(openai.NotFoundError):
-            await there.files.retrieve(first.id)
-        assert (await there.files.list()).data == []
-        assert (await here.files.delete(first.id)).deleted
-        with pytest.raises(openai.NotFoundError):
-            await here.files.content(first.id)
-    finally:
-        await here.close()
-        await there.close()
+    here, there = sdk.azure(home, VERSION), sdk.azure(elsewhere, VERSION)
+    first = await here.files.create(file=("data.jsonl", b'{"a": 1}\n'), purpose="batch")
+    second = await here.files.create(file=("more.jsonl", b"{}\n"), purpose="batch")
+    assert first.id.startswith("file-") and (first.bytes, first.filename, first.status) == (
+        9,
+        "data.jsonl",
+        "processed",
+    )
+    assert (await here.files.retrieve(first.id)).id == first.id
+    assert (await here.files.content(first.id)).read() == b'{"a": 1}\n'
+    listed = await here.files.list()
+    assert [f.id for f in listed.data] == [second.id, first.id]
+    assert [f.id for f in (await here.files.list(limit=1)).data] == [second.id]  # newest first
+    with pytest.raises(openai.NotFoundError):
+        await there.files.retrieve(first.id)
+    assert (await there.files.list()).data == []
+    assert (await here.files.delete(first.id)).deleted
+    with pytest.raises(openai.NotFoundError):
+        await here.files.content(first.id)
     async with session.get(f"{home}/openai/files", headers=AUTH) as resp:
         assert resp.status == 400 and (await resp.json())["error"]["code"] == "MissingApiVersionParameter"
     async with session.get(f"{home}/openai/v1/files", headers=AUTH) as resp:

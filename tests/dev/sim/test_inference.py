@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from dev.simulator import SimDeployment
-from tests.dev.sim.conftest import CHAT, KEY, VERSION, Launch, chat_body, post, sse
+from tests.dev.sim.conftest import CHAT, VERSION, Clients, Launch, chat_body, post, sse
 
 
 @pytest.mark.asyncio
@@ -95,39 +95,36 @@ async def test_embeddings_and_legacy_completions(launch: Launch, session: aiohtt
 
 
 @pytest.mark.asyncio
-async def test_openai_sdk_against_the_simulator(launch: Launch) -> None:
+async def test_openai_sdk_against_the_simulator(launch: Launch, sdk: Clients) -> None:
     _, url = await launch(SimDeployment("gpt-4o", 200, rpm=600), SimDeployment("emb", 10_000))
-    client = openai.AsyncAzureOpenAI(azure_endpoint=url, api_key=KEY, api_version=VERSION, max_retries=0)
-    try:
-        reply = await client.chat.completions.create(
-            model="gpt-4o", messages=[{"role": "user", "content": "hello"}], max_tokens=10
+    client = sdk.azure(url, VERSION)
+    reply = await client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hello"}], max_tokens=10
+    )
+    assert reply.usage is not None and reply.usage.total_tokens == 2 + 4 + 10
+    assert len((reply.choices[0].message.content or "").split()) == 10
+
+    stream = await client.chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).split() == [
+        "alpha",
+        "bravo",
+        "charlie",
+        "delta",
+    ]
+
+    embedded = await client.embeddings.create(model="emb", input=["abcd", "efgh"])  # SDK asks for base64
+    assert [len(item.embedding) for item in embedded.data] == [8, 8]
+
+    with pytest.raises(openai.RateLimitError) as caught:  # 16 + 10 of the 200 tokens used: 196 more do not fit
+        await client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hello"}], max_tokens=190
         )
-        assert reply.usage is not None and reply.usage.total_tokens == 2 + 4 + 10
-        assert len((reply.choices[0].message.content or "").split()) == 10
-
-        stream = await client.chat.completions.create(
-            model="gpt-4o",
-            messages=[{"role": "user", "content": "hello"}],
-            max_tokens=4,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        chunks = [chunk async for chunk in stream]
-        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
-        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).split() == [
-            "alpha",
-            "bravo",
-            "charlie",
-            "delta",
-        ]
-
-        embedded = await client.embeddings.create(model="emb", input=["abcd", "efgh"])  # SDK asks for base64
-        assert [len(item.embedding) for item in embedded.data] == [8, 8]
-
-        with pytest.raises(openai.RateLimitError) as caught:  # 16 + 10 of the 200 tokens used: 196 more do not fit
-            await client.chat.completions.create(
-                model="gpt-4o", messages=[{"role": "user", "content": "hello"}], max_tokens=190
-            )
-        assert int(caught.value.response.headers["retry-after-ms"]) > 0
-    finally:
-        await client.close()
+    assert int(caught.value.response.headers["retry-after-ms"]) > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.dev.sim.conftest import Clients, Launch
+from tests.dev.sim.conftest import Clients, Launch, all_not_found
 
 
 @pytest.mark.asyncio
@@ -40,14 +40,12 @@ async def test_a_vector_store_indexes_the_regions_files_and_searches_them(launch
     assert (await here.vector_stores.retrieve(store.id)).file_counts.total == 1
     assert region.snapshot()["objects"]["vector_store.file"] == 1
 
-    for call in (
+    await all_not_found(
         lambda: there.vector_stores.retrieve(store.id),
         lambda: there.vector_stores.search(store.id, query="bread"),
         lambda: there.vector_stores.files.create(store.id, file_id=recipe.id),
         lambda: there.vector_stores.create(name="copy", file_ids=[recipe.id]),  # the file is not there
-    ):
-        with pytest.raises(openai.NotFoundError):
-            await call()
+    )
     with pytest.raises(openai.NotFoundError):
         await here.vector_stores.files.create(store.id, file_id="file-unknown")
     assert (await here.vector_stores.delete(store.id)).deleted
