@@ -315,6 +315,7 @@ async def _create_thread_and_run(request: web.Request) -> web.StreamResponse:
         raise bad_request("'thread' must be an object.")
     if isinstance(body.get("assistant_id"), str):
         require(request, ASSISTANTS, [body["assistant_id"]])
+    _check_resources(request, body)  # the run's own tool_resources
     return _start(request, _thread(request, thread_body), body)
 
 

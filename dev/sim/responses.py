@@ -66,7 +66,7 @@ async def _create(request: web.Request) -> web.StreamResponse:
     call = parse_call("responses", name, api_version(request), body)
     conversation = _check_references(request, body)
     headers = await ctx.admit(call)
-    inputs = [item({"role": "user", "content": body["input"]})] if isinstance(body["input"], str) else _items(body)
+    inputs = _inputs(body["input"])
     response = _response(ctx, call, conversation)
     if body.get("store") is not False:
         ctx.store.add(RESPONSES.kind, response, payload=Inputs(inputs))
@@ -83,8 +83,10 @@ async def _create(request: web.Request) -> web.StreamResponse:
     return web.json_response(response, headers=headers)
 
 
-def _items(body: Json) -> list[Json]:
-    return [item(entry) for entry in body["input"]]
+def _inputs(value: object) -> list[Json]:
+    """The input as stored items (parse_call checked it): a string is one user message."""
+    entries = value if isinstance(value, list) else [{"role": "user", "content": value}]
+    return [item(entry) for entry in entries]
 
 
 def _check_references(request: web.Request, body: Json) -> str | None:

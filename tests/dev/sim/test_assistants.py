@@ -110,6 +110,9 @@ async def test_runs_without_tools_complete_and_every_reference_must_be_local(
             model="gpt-4o", tool_resources={"code_interpreter": {"file_ids": [local_file.id]}}
         ),
         lambda: there.beta.threads.update(thread.id, tool_resources={"file_search": {"vector_store_ids": ["vs_x"]}}),
+        lambda: here.beta.threads.create_and_run(
+            assistant_id=assistant.id, tool_resources={"file_search": {"vector_store_ids": ["vs_elsewhere"]}}
+        ),
     )
     async with session.post(f"{home}/openai/v1/assistants", json={"model": "gpt-4o"}, headers=AUTH) as resp:
         assert resp.status == 404  # the Assistants API is on Azure's dated api-versions only

@@ -92,6 +92,8 @@ async def test_embeddings_and_legacy_completions(launch: Launch, session: aiohtt
     assert status == 200 and reply["object"] == "text_completion"
     assert len(reply["choices"][0]["text"].split()) == 7
     assert reply["usage"] == {"prompt_tokens": 2, "completion_tokens": 7, "total_tokens": 9}
+    v1 = {"model": "gpt-35-turbo-instruct", "prompt": "abcdefgh", "max_tokens": 7}
+    assert (await post(session, f"{url}/openai/v1/completions", v1))[2]["usage"] == reply["usage"]
 
 
 @pytest.mark.asyncio
