@@ -129,7 +129,8 @@ class Stack:
 
     def _start_simulator(self) -> None:
         args = [PYTHON, "-m", "dev.simulator", "--time-scale", str(self.time_scale), "--port", "0"]
-        args += ["--identity-header", self.identity_header, "--token-lifetime", str(self.token_lifetime)]
+        # "=" form: a secret may start with "-", which argparse would take for an option
+        args += [f"--identity-header={self.identity_header}", f"--token-lifetime={self.token_lifetime}"]
         args += self.simulator_args
         for region in self.regions:
             args += ["--region", f"{region.name}:{region.physical}={region.tpm},{EMBEDDINGS}={region.embeddings_tpm}"]
