@@ -11,7 +11,9 @@ from dev.stack import CHAT, RegionSpec, Stack
 
 
 def test_hosts_sign_in_with_the_simulated_managed_identity(tmp_path: Path) -> None:
-    with Stack(tmp_path, (RegionSpec("eastus", 10_000),), time_scale=30.0, credential="managed-identity") as stack:
+    regions = (RegionSpec("eastus", 10_000),)
+    secret = "-a-secret-that-looks-like-an-option"
+    with Stack(tmp_path, regions, time_scale=30.0, credential="managed-identity", identity_header=secret) as stack:
         assert stack.host_env(0, tmp_path / "gateway.json")["GATEWAY_CREDENTIAL"] == "managed-identity"
         client = AzureOpenAI(azure_endpoint=stack.url, api_key=stack.client_key, api_version="2024-10-21")
         reply = client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
