@@ -1,4 +1,4 @@
-"""What one region's handlers share: its name, clock, faults, objects, deployments and latency model.
+"""What one region's handlers share: its clock, faults, objects, deployments, counters and latency model.
 
 Handlers reach it as `context(request)`: the region's aiohttp app carries it.
 """
@@ -21,7 +21,6 @@ from shared.clock import Clock
 
 @dataclass
 class Context:
-    name: str
     clock: Clock
     faults: Faults
     deployments: Deployments

@@ -63,13 +63,7 @@ class SimRegion:
         self.name = name
         self.faults = Faults()
         self._ctx = Context(
-            name,
-            clock,
-            self.faults,
-            Deployments(deployments, clock, self.faults),
-            ttft,
-            per_token,
-            secret=os.urandom(32),
+            clock, self.faults, Deployments(deployments, clock, self.faults), ttft, per_token, secret=os.urandom(32)
         )
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
