@@ -2,6 +2,8 @@
 
 Used by `python -m dev.run` (the README's run command), the end-to-end tests and the benchmarks, so
 all three exercise the same real processes over loopback. Each process logs to a file in `workdir`.
+With `credential="managed-identity"` the hosts sign in upstream with azure-identity's ManagedIdentityCredential
+against the simulator's managed-identity endpoint (App Service protocol) instead of a static token.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ PYTHON = sys.executable
 CHAT = "gpt-4o"
 EMBEDDINGS = "text-embedding-3-small"
 STATIC_TOKEN = "local-simulator-token"  # simulated regions accept any bearer token
+CREDENTIALS = ("static", "managed-identity")
 
 
 @dataclass(frozen=True)
@@ -69,16 +72,31 @@ class Stack:
     gateway_port: int = 0  # of the first instance; 0 picks a free port
     instance_env: Sequence[Mapping[str, str]] = ()  # per-instance overrides, by index
     client_key: str = field(default_factory=lambda: "gw-" + secrets.token_urlsafe(24))
+    credential: str = "static"  # or "managed-identity": the simulator's identity endpoint issues the tokens
+    token_lifetime: float = 3600.0  # real seconds a managed-identity token lives
+    identity_header: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     region_urls: dict[str, str] = field(default_factory=dict, init=False)
     control_url: str = field(default="", init=False)
     gateway_urls: list[str] = field(default_factory=list, init=False)
     _processes: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
+    _hosts: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
 
     @property
     def url(self) -> str:
         return self.gateway_urls[0]
 
+    @property
+    def host_pids(self) -> list[int]:
+        """The gateway host processes, by instance index (for /proc/<pid>/status)."""
+        return [process.pid for process in self._hosts]
+
+    @property
+    def identity_endpoint(self) -> str:
+        return f"{self.control_url}/_sim/identity/token"
+
     def start(self) -> Stack:
+        if self.credential not in CREDENTIALS:
+            raise ValueError(f"credential must be one of {CREDENTIALS}, not {self.credential!r}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             self._start_simulator()
@@ -111,6 +129,8 @@ class Stack:
 
     def _start_simulator(self) -> None:
         args = [PYTHON, "-m", "dev.simulator", "--time-scale", str(self.time_scale), "--port", "0"]
+        # "=" form: a secret may start with "-", which argparse would take for an option
+        args += [f"--identity-header={self.identity_header}", f"--token-lifetime={self.token_lifetime}"]
         args += self.simulator_args
         for region in self.regions:
             args += ["--region", f"{region.name}:{region.physical}={region.tpm},{EMBEDDINGS}={region.embeddings_tpm}"]
@@ -153,6 +173,13 @@ class Stack:
             "HEALTH_PROBE_SCHEDULE": "*/5 * * * * *",
             "PYTHONUNBUFFERED": "1",
         }
+        if self.credential == "managed-identity":
+            del env["GATEWAY_STATIC_TOKEN"]
+            env |= {
+                "GATEWAY_CREDENTIAL": "managed-identity",
+                "IDENTITY_ENDPOINT": self.identity_endpoint,
+                "IDENTITY_HEADER": self.identity_header,
+            }
         if self.table_connection_string:
             env["GATEWAY_TABLE_CONNECTION_STRING"] = self.table_connection_string
         per_instance = self.instance_env[index] if index < len(self.instance_env) else {}
@@ -170,6 +197,7 @@ class Stack:
             str(self.workdir / "no-local-settings.json"),
         ]
         process, log = self._spawn(args, f"host-{index}.log", self.host_env(index, config))
+        self._hosts.append(process)
         line = _wait_for_line(log, r"^Listening on http://", process)
         return line.split("Listening on ", 1)[1].strip()
 
@@ -186,9 +214,24 @@ class Stack:
         _post(f"{self.control_url}/_sim/reset", {})
 
     def region_stats(self, region: str) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.control_url}/_sim/{region}/stats", timeout=10) as response:
-            stats: dict[str, Any] = json.load(response)
-        return stats
+        """The region's snapshot: faults, deployments, calls per route, probe_calls, objects, created."""
+        return _get(f"{self.control_url}/_sim/{region}/stats")
+
+    def plant_file(self, region: str, size: int, purpose: str = "batch", filename: str | None = None) -> dict[str, Any]:
+        """A file of `size` synthetic bytes in `region`, without uploading it; returns the file object."""
+        body: dict[str, object] = {"kind": "file", "bytes": size, "purpose": purpose}
+        if filename is not None:
+            body["filename"] = filename
+        return _post(f"{self.control_url}/_sim/{region}/objects", body)
+
+    def set_identity_failing(self, failing: bool, status: int | None = None) -> dict[str, Any]:
+        """Make the managed-identity endpoint fail (default 400: azure-identity raises at once) or recover."""
+        body: dict[str, object] = {"failing": failing} if status is None else {"failing": failing, "status": status}
+        return _post(f"{self.control_url}/_sim/identity", body)
+
+    def identity_state(self) -> dict[str, Any]:
+        """{"failing", "status", "lifetime", "token_requests"} of the managed-identity endpoint."""
+        return _get(f"{self.control_url}/_sim/identity")
 
     def logs(self) -> str:
         return "\n".join(
@@ -206,11 +249,19 @@ class Stack:
                 process.kill()
                 process.wait()
         self._processes.clear()
+        self._hosts.clear()
 
 
-def _post(url: str, body: Mapping[str, object]) -> None:
+def _post(url: str, body: Mapping[str, object]) -> dict[str, Any]:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), method="POST", headers={"content-type": "application/json"}
     )
     with urllib.request.urlopen(request, timeout=10) as response:
-        response.read()
+        answer: dict[str, Any] = json.load(response)
+    return answer
+
+
+def _get(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        answer: dict[str, Any] = json.load(response)
+    return answer
