@@ -25,6 +25,7 @@ from shared.outcome import Breakage
 # headers added by the Application Gateway) stays here. Azure passes at most 10 custom headers anyway.
 _FORWARD_REQUEST = frozenset({"content-type", "accept", "user-agent", "x-ms-client-request-id", "openai-beta"})
 _MAX_FORWARDED_VALUE = 1024  # a longer user-agent or request id is noise that Azure may refuse
+MIN_CONNECT_SECONDS = 1.0  # real seconds
 
 
 class CredentialUnavailable(Exception):
@@ -53,7 +54,8 @@ class Upstream:
         self._tokens = tokens
         self._host_keys = host_keys
         self._clock = clock
-        connect = clock.to_real(routing.connect_timeout_seconds)
+        # A connection takes network time, which compressed simulated time does not compress: never below a second.
+        connect = max(MIN_CONNECT_SECONDS, clock.to_real(routing.connect_timeout_seconds))
         # Only the connection has an aiohttp timeout; the header wait and idle reads are bounded by callers.
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=None)
 

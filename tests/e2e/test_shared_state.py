@@ -139,7 +139,7 @@ async def test_table_writes_do_not_grow_with_request_rate(tmp_path: Path, azurit
         ) as stack:
             before = stack.status()["ledger"]["writes"]
             result = await split_load(stack, 1.0 * multiplier, 60.0 * 3)
-            assert result.statuses == {200: result.sent}
+            assert result.statuses == {200: result.sent}, result.errors[:5]
             counts.append((result.sent, stack.status()["ledger"]["writes"] - before))
     (slow_requests, slow_writes), (fast_requests, fast_writes) = counts
     print(f"\n{slow_requests} requests -> {slow_writes} table writes; {fast_requests} requests -> {fast_writes}")
