@@ -72,6 +72,12 @@ class Stack:
     gateway_port: int = 0  # of the first instance; 0 picks a free port
     instance_env: Sequence[Mapping[str, str]] = ()  # per-instance overrides, by index
     client_key: str = field(default_factory=lambda: "gw-" + secrets.token_urlsafe(24))
+    # More clients beside "local-dev": config entries ({"name", "limits", "priority", "admin", ...}); each gets a
+    # key of its own, in `keys`. `local_dev` adds policy to "local-dev" itself; `extra_config` top-level fields.
+    clients: Sequence[Mapping[str, Any]] = ()
+    local_dev: Mapping[str, Any] = field(default_factory=dict)
+    extra_config: Mapping[str, Any] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict, init=False)
     credential: str = "static"  # or "managed-identity": the simulator's identity endpoint issues the tokens
     token_lifetime: float = 3600.0  # real seconds a managed-identity token lives
     identity_header: str = field(default_factory=lambda: secrets.token_urlsafe(16))
@@ -156,10 +162,16 @@ class Stack:
             {"name": r.name, "endpoint": self.region_urls[r.name], "deployment": EMBEDDINGS, "tpm": r.embeddings_tpm}
             for r in self.regions
         ]
+        self.keys = {"local-dev": self.client_key}
+        clients = [{"name": "local-dev", "key_setting": "GATEWAY_KEY_LOCAL_DEV", **self.local_dev}]
+        for client in self.clients:
+            self.keys.setdefault(client["name"], "gw-" + secrets.token_urlsafe(24))
+            clients.append({"key_setting": _key_setting(client["name"]), **client})
         return {
             "deployments": {CHAT: chat, EMBEDDINGS: embeddings},
-            "clients": [{"name": "local-dev", "key_setting": "GATEWAY_KEY_LOCAL_DEV"}],
+            "clients": clients,
             "routing": dict(self.routing),
+            **self.extra_config,
         }
 
     def host_env(self, index: int, config: Path) -> dict[str, str]:
@@ -169,6 +181,7 @@ class Stack:
             "GATEWAY_STATIC_TOKEN": STATIC_TOKEN,
             "GATEWAY_TIME_SCALE": str(self.time_scale),
             "GATEWAY_KEY_LOCAL_DEV": self.client_key,
+            **{_key_setting(name): key for name, key in self.keys.items() if name != "local-dev"},
             "GATEWAY_INSTANCE_ID": f"local-{index}",
             "HEALTH_PROBE_SCHEDULE": "*/5 * * * * *",
             "PYTHONUNBUFFERED": "1",
@@ -201,8 +214,11 @@ class Stack:
         line = _wait_for_line(log, r"^Listening on http://", process)
         return line.split("Listening on ", 1)[1].strip()
 
-    def status(self, index: int = 0) -> dict[str, Any]:
-        request = urllib.request.Request(self.gateway_urls[index] + "/status", headers={"api-key": self.client_key})
+    def status(self, index: int = 0, key: str | None = None) -> dict[str, Any]:
+        request = urllib.request.Request(
+            self.gateway_urls[index] + "/status",
+            headers={"api-key": key or self.client_key, "accept": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             report: dict[str, Any] = json.load(response)
         return report
@@ -265,3 +281,7 @@ def _get(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=10) as response:
         answer: dict[str, Any] = json.load(response)
     return answer
+
+
+def _key_setting(client: str) -> str:
+    return "GATEWAY_KEY_" + "".join(ch if ch.isalnum() else "_" for ch in client.upper())

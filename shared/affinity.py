@@ -1,9 +1,12 @@
-"""Affinity: which host owns a stateful object, so that requests naming it go home.
+"""Affinity: where each stateful object lives and who owns it.
 
-A Response, a file or a batch exists only in the Azure OpenAI resource that created it; a conversation opted
-into stickiness (x-session-id) prefers the host it started on. All are records "kind:id" -> host key
-with an expiry matching the object's life. In memory for a single instance; in Table Storage when several
-instances share the traffic, with reads cached (a record changes only when a session moves).
+Records "kind:id" -> Home(host key, owner), with an expiry matching the object's life; sessions
+"session:<owner>:<id>" -> Home(host). An owner index lists, per owner and kind, the ids it created,
+for lists that show only the caller's objects. In memory for one instance; in Table Storage for
+several, where nothing on the request path waits on storage for long: records are written behind
+the response (retried until written, durably enough to outlive an outage), and reads come from a
+cache, with a miss bounded by a short timeout (then the owner is unknown, not absent: discovery.py
+asks the regions).
 """
 
 from __future__ import annotations
@@ -11,140 +14,126 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from azure.core.exceptions import AzureError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 from azure.data.tables.aio import TableClient
 
 from shared.clock import Clock
-from shared.errors import GatewayError
-from shared.routes import Route
 from shared.storage import ensure_table, safe_key
 
 log = logging.getLogger("gateway")
 
-_DAY = 24 * 3600.0
-# How long each kind of object lives: Azure keeps stored responses for 30 days; files and batches until deleted.
-OBJECT_TTL = {"response": 30 * _DAY, "file": 365 * _DAY, "batch": 365 * _DAY}
-SESSION_TTL = 3600.0
-SESSION_HEADER = "x-session-id"
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+READ_TIMEOUT_SECONDS = 0.05  # real seconds a request may wait for a record that is not cached
+INDEX_TIMEOUT_SECONDS = 1.0  # a list (rare, costs no tokens) may wait this long for its owner's index
+MAX_PENDING = 100_000  # records waiting to be written; past it the oldest are dropped, loudly
+WRITE_ATTEMPTS = 5  # for an entity the service refuses (400): then it is dropped, the others go on
+SWEEP_PAGES = 20  # expired rows deleted per sweep, in pages of 100: bounded work per timer run
+
+
+@dataclass(frozen=True)
+class Home:
+    host: str  # the host key whose resource holds the object
+    owner: str | None = None  # the client that created it; None: unknown (created outside the gateway)
 
 
 class AffinityUnavailable(Exception):
-    """The shared store could not be read: the owner of an object is unknown, not absent."""
+    """The shared store could not be read in time: where an object lives is unknown, not absent."""
 
 
 class AffinityStore(Protocol):
-    async def get(self, key: str) -> str | None: ...
-    async def put(self, key: str, host_key: str, ttl: float) -> None: ...
+    async def get(self, key: str) -> Home | None: ...
+    def put(self, key: str, home: Home, ttl: float) -> None: ...
+    def forget(self, key: str, home: Home) -> None: ...
+    async def owned(self, owner: str, kind: str) -> set[str]: ...
+    async def sweep(self) -> int: ...
+    def describe(self) -> dict[str, Any]: ...
     async def close(self) -> None: ...
 
 
-def valid_id(value: str) -> bool:
-    return bool(_ID.fullmatch(value))
+def kind_of(key: str) -> str:
+    return key.partition(":")[0]
 
 
-def object_key(kind: str, object_id: str) -> str:
-    # Namespaced, so that no client-chosen session id can overwrite where an object lives.
-    return f"{kind}:{object_id}"
-
-
-def session_key(headers: Mapping[str, str]) -> str | None:
-    """The opt-in session of a request, or None; a malformed one is the client's error."""
-    session = headers.get(SESSION_HEADER)
-    if session is None:
-        return None
-    if not valid_id(session):
-        raise GatewayError(400, "invalid_session_id", f"{SESSION_HEADER} must match {_ID.pattern}.")
-    return "session:" + session
-
-
-def referenced_id(body: Mapping[str, Any] | None, field: str) -> str | None:
-    """An object id the body names (previous_response_id, input_file_id); a malformed one is the client's error."""
-    value = body.get(field) if body else None
-    if value is None:
-        return None
-    if not isinstance(value, str) or not valid_id(value):
-        raise GatewayError(400, f"invalid_{field}", f"{field} must match {_ID.pattern}.")
-    return value
-
-
-def named_object(route: Route, body: Mapping[str, Any] | None) -> tuple[str, str] | None:
-    """(kind, id) of the object a request must go home to: the one its path names, or one its body continues."""
-    if route.kind is not None and route.object_id is not None:
-        return route.kind, route.object_id
-    if route.operation == "responses":
-        previous = referenced_id(body, "previous_response_id")
-        return None if previous is None else ("response", previous)
-    if route.operation == "batches" and route.creates:
-        # A batch reads its input file where it runs, so it is created in the file's region.
-        input_file = referenced_id(body, "input_file_id")
-        if input_file is None:
-            raise GatewayError(400, "missing_input_file_id", "A batch needs a JSON body with 'input_file_id'.")
-        return "file", input_file
-    return None
-
-
-def batch_output_files(payload: Any) -> list[str]:
-    """The files a batch wrote (results, errors): they live in the batch's region."""
-    if not isinstance(payload, dict) or payload.get("object") != "batch":
-        return []
-    ids = (payload.get("output_file_id"), payload.get("error_file_id"))
-    return [i for i in ids if isinstance(i, str) and valid_id(i)]
-
-
-def created_object(payload: Any) -> tuple[str, str] | None:
-    """(kind, id) of the object a successful answer created: the JSON body, or a stream's response.created event."""
-    if not isinstance(payload, dict):
-        return None
-    if payload.get("type") == "response.created":
-        payload = payload.get("response")
-        if not isinstance(payload, dict):
-            return None
-    kind, object_id = payload.get("object"), payload.get("id")
-    if kind not in OBJECT_TTL or not isinstance(object_id, str) or not valid_id(object_id):
-        return None
-    return kind, object_id
+def id_of(key: str) -> str:
+    return key.rpartition(":")[2]
 
 
 class MemoryAffinityStore:
-    """A bounded LRU of records with expiry: this process's view, or the cache in front of a table."""
+    """A bounded LRU of records with expiry, and the owner index over them: this process's view, or the
+    cache in front of a table."""
 
     def __init__(self, clock: Clock, max_entries: int = 100_000) -> None:
         self._clock = clock
         self._max = max_entries
-        self._records: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._records: OrderedDict[str, tuple[Home, float]] = OrderedDict()
+        self._index: dict[tuple[str, str], set[str]] = {}  # (owner, kind) -> ids
 
-    async def get(self, key: str) -> str | None:
+    def cached(self, key: str) -> Home | None:
         record = self._records.get(key)
         if record is None:
             return None
         if record[1] <= self._clock.now():
-            del self._records[key]
+            self._drop(key)
             return None
         self._records.move_to_end(key)
         return record[0]
 
-    async def put(self, key: str, host_key: str, ttl: float) -> None:
-        self._records[key] = (host_key, self._clock.now() + ttl)
-        self._records.move_to_end(key)
+    async def get(self, key: str) -> Home | None:
+        return self.cached(key)
+
+    def put(self, key: str, home: Home, ttl: float) -> None:
+        if key in self._records:
+            self._drop(key)
+        self._records[key] = (home, self._clock.now() + ttl)
+        if home.owner is not None and not key.startswith("session:"):
+            self._index.setdefault((home.owner, kind_of(key)), set()).add(id_of(key))
         while len(self._records) > self._max:
-            self._records.popitem(last=False)
+            self._drop(next(iter(self._records)))
+
+    def forget(self, key: str, home: Home) -> None:
+        if key in self._records:
+            self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        home, _ = self._records.pop(key)
+        if home.owner is not None:
+            ids = self._index.get((home.owner, kind_of(key)))
+            if ids is not None:
+                ids.discard(id_of(key))
+
+    async def owned(self, owner: str, kind: str) -> set[str]:
+        ids = list(self._index.get((owner, kind), ()))  # a copy: reading drops what has expired
+        return {i for i in ids if self.cached(f"{kind}:{i}") is not None}
+
+    async def sweep(self) -> int:
+        now = self._clock.now()
+        expired = [key for key, (_, until) in self._records.items() if until <= now]
+        for key in expired:
+            self._drop(key)
+        return len(expired)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "memory", "records": len(self._records)}
 
     async def close(self) -> None:
         return None
 
 
-class TableAffinityStore:
-    """One row per record: PartitionKey = 2 hex digits of the key's hash (spread), RowKey = the key.
+@dataclass
+class _Write:
+    operation: str  # "upsert" | "delete"
+    entity: dict[str, Any]
+    key: str | None = None  # the record it writes, if it is one (not an index row)
+    attempts: int = 0
 
-    A record this instance could not write is kept in its cache for the record's whole life, so the
-    client that got the id can still be routed home by this instance while storage is away.
-    """
+
+class TableAffinityStore:
+    """Records in Table Storage: PartitionKey = two hex digits of the key's hash (spread), RowKey = the key;
+    the owner index in a partition per (owner, kind), RowKey = the id."""
 
     def __init__(
         self,
@@ -152,51 +141,40 @@ class TableAffinityStore:
         clock: Clock,
         *,
         cache_seconds: float = 60.0,
-        timeout_seconds: float = 2.0,
+        read_timeout: float = READ_TIMEOUT_SECONDS,
         max_cached: int = 100_000,
     ) -> None:
         self._client = client
         self._clock = clock
         self._cache_seconds = cache_seconds
-        self._timeout = timeout_seconds  # real seconds: a request must not wait on storage for long
+        self._read_timeout = read_timeout
         self._cache = MemoryAffinityStore(clock, max_cached)
+        self._pending: OrderedDict[tuple[str, str], _Write] = OrderedDict()  # (partition, row) -> latest write
+        self._homes: dict[str, Home] = {}  # records not yet written: this instance still routes by them
+        self._wake = asyncio.Event()
         self._ready = False
         self._failing = False
+        self.dropped = 0
 
-    async def get(self, key: str) -> str | None:
-        cached = await self._cache.get(key)
-        if cached is not None:
-            return cached
+    # -- reads: cache first, then a bounded read ---------------------------------------------------
+    async def get(self, key: str) -> Home | None:
+        home = self._homes.get(key) or self._cache.cached(key)
+        if home is not None:
+            return home
         try:
-            entity = await asyncio.wait_for(self._read(key), self._timeout)
+            entity = await asyncio.wait_for(self._read(key), self._read_timeout)
         except (TimeoutError, AzureError, OSError) as exc:
             self._failed("read", exc)
             raise AffinityUnavailable(key) from None
-        self._failing = False
         if entity is None:
             return None
         left = float(entity["expires_at"]) - self._clock.wall()
         if left <= 0:
             return None
-        host_key = str(entity["host"])
-        await self._cache.put(key, host_key, min(left, self._cache_seconds))
-        return host_key
-
-    async def put(self, key: str, host_key: str, ttl: float) -> None:
-        entity = {
-            "PartitionKey": _partition(key),
-            "RowKey": safe_key(key),
-            "host": host_key,
-            "expires_at": self._clock.wall() + ttl,
-        }
-        try:
-            await asyncio.wait_for(self._write(entity), self._timeout)
-        except (TimeoutError, AzureError, OSError) as exc:
-            self._failed("write", exc)
-            await self._cache.put(key, host_key, ttl)
-            return
-        self._failing = False
-        await self._cache.put(key, host_key, min(ttl, self._cache_seconds))
+        owner = entity.get("owner")
+        home = Home(str(entity["host"]), str(owner) if owner else None)
+        self._cache.put(key, home, min(left, self._cache_seconds))
+        return home
 
     async def _read(self, key: str) -> Mapping[str, Any] | None:
         await self._ensure()
@@ -206,9 +184,134 @@ class TableAffinityStore:
             return None
         return entity
 
-    async def _write(self, entity: Mapping[str, Any]) -> None:
-        await self._ensure()
-        await self._client.upsert_entity(entity)
+    async def owned(self, owner: str, kind: str) -> set[str]:
+        ids = {id_of(k) for k, home in self._homes.items() if home.owner == owner and kind_of(k) == kind}
+        try:
+            async with asyncio.timeout(INDEX_TIMEOUT_SECONDS):
+                await self._ensure()
+                now = self._clock.wall()
+                query = self._client.query_entities(
+                    "PartitionKey eq @pk",
+                    parameters={"pk": _index_partition(owner, kind)},
+                    select=["RowKey", "expires_at"],
+                )
+                async for entity in query:
+                    if float(entity.get("expires_at", 0)) > now:
+                        ids.add(str(entity["RowKey"]))
+        except (TimeoutError, AzureError, OSError) as exc:
+            self._failed("read", exc)
+            raise AffinityUnavailable(f"{owner}/{kind}") from None
+        partition = _index_partition(owner, kind)
+        deleted = {row for (pk, row), write in self._pending.items() if pk == partition and write.operation == "delete"}
+        return ids - deleted
+
+    # -- writes: behind the response ------------------------------------------------------------------
+    def put(self, key: str, home: Home, ttl: float) -> None:
+        self._cache.put(key, home, min(ttl, self._cache_seconds))
+        self._homes[key] = home
+        expires = self._clock.wall() + ttl
+        entity = {"PartitionKey": _partition(key), "RowKey": safe_key(key), "host": home.host, "expires_at": expires}
+        if home.owner is not None:
+            entity["owner"] = home.owner
+            if not key.startswith("session:"):
+                index = {
+                    "PartitionKey": _index_partition(home.owner, kind_of(key)),
+                    "RowKey": safe_key(id_of(key)),
+                    "expires_at": expires,
+                }
+                self._enqueue(_Write("upsert", index))
+        self._enqueue(_Write("upsert", entity, key))
+
+    def forget(self, key: str, home: Home) -> None:
+        self._cache.forget(key, home)
+        self._homes.pop(key, None)
+        self._enqueue(_Write("delete", {"PartitionKey": _partition(key), "RowKey": safe_key(key)}))
+        if home.owner is not None:
+            partition = _index_partition(home.owner, kind_of(key))
+            self._enqueue(_Write("delete", {"PartitionKey": partition, "RowKey": safe_key(id_of(key))}))
+
+    def _enqueue(self, write: _Write) -> None:
+        slot = (write.entity["PartitionKey"], write.entity["RowKey"])
+        self._pending.pop(slot, None)  # a later write of the same row supersedes an earlier one
+        self._pending[slot] = write
+        while len(self._pending) > MAX_PENDING:
+            _, oldest = self._pending.popitem(last=False)
+            if oldest.key is not None:
+                self._homes.pop(oldest.key, None)
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error("affinity store: %d records dropped unwritten (storage down too long)", self.dropped)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Write what is pending, at once and then on every new record; back off while storage fails."""
+        delay = 0.5
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if await self._write_pending():
+                delay = 0.5
+                continue
+            self._wake.set()  # something is left: try again after a pause
+            await self._clock.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _write_pending(self) -> bool:
+        """True when everything pending was written (or given up on)."""
+        try:
+            await self._ensure()
+        except (AzureError, OSError) as exc:
+            self._failed("write", exc)
+            return False
+        for slot, write in list(self._pending.items()):
+            try:
+                if write.operation == "upsert":
+                    await self._client.upsert_entity(write.entity)
+                else:  # deleting a row that is not there is no error
+                    await self._client.delete_entity(write.entity["PartitionKey"], write.entity["RowKey"])
+            except HttpResponseError as exc:
+                if exc.status_code == 400:  # the service refuses this entity: others must not wait behind it
+                    write.attempts += 1
+                    if write.attempts >= WRITE_ATTEMPTS:
+                        log.error("affinity store: giving up on row %s: %s", slot, type(exc).__name__)
+                        self._settled(slot, write)
+                    continue
+                self._failed("write", exc)
+                return False
+            except (AzureError, OSError) as exc:
+                self._failed("write", exc)
+                return False
+            self._settled(slot, write)
+        if self._failing:
+            log.warning("affinity store: table storage is back")
+            self._failing = False
+        return True
+
+    def _settled(self, slot: tuple[str, str], write: _Write) -> None:
+        if self._pending.get(slot) is not write:
+            return  # superseded by a newer write of the same row while this one was in flight
+        del self._pending[slot]
+        if write.key is not None:
+            self._homes.pop(write.key, None)  # in the table now (and in the cache)
+
+    async def sweep(self) -> int:
+        """Delete records and index rows that have expired (Table Storage has no TTL); bounded per call."""
+        try:
+            await self._ensure()
+            now = self._clock.wall()
+            query = self._client.query_entities(
+                "expires_at lt @now", parameters={"now": now}, select=["PartitionKey", "RowKey"], results_per_page=100
+            )
+            removed = 0
+            async for entity in query:
+                await self._client.delete_entity(entity["PartitionKey"], entity["RowKey"])
+                removed += 1
+                if removed >= SWEEP_PAGES * 100:
+                    break
+        except (AzureError, OSError) as exc:
+            self._failed("sweep", exc)
+            return 0
+        return removed
 
     async def _ensure(self) -> None:
         if not self._ready:
@@ -217,12 +320,28 @@ class TableAffinityStore:
 
     def _failed(self, action: str, exc: BaseException) -> None:
         if not self._failing:
-            log.warning("affinity store: could not %s (%s); retrying on the next request", action, type(exc).__name__)
+            log.warning(
+                "affinity store: could not %s (%s); serving from what this instance knows", action, type(exc).__name__
+            )
         self._failing = True
 
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "table",
+            "storage_ok": not self._failing,
+            "pending_writes": len(self._pending),
+            "dropped": self.dropped,
+        }
+
     async def close(self) -> None:
+        if self._pending:
+            await self._write_pending()  # a graceful stop writes what it still holds
         await self._client.close()
 
 
 def _partition(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:2]
+
+
+def _index_partition(owner: str, kind: str) -> str:
+    return "o" + hashlib.sha256(f"{owner}\n{kind}".encode()).hexdigest()[:24]

@@ -19,8 +19,14 @@ from shared.keys import KeyRing, digest
 
 @dataclass(frozen=True)
 class Caller:
-    name: str  # the client's configured name or the token's app identity; travels into usage records
+    name: str  # the client: whose limits apply, and the name in usage records and logs
     kind: str  # "key" | "entra"
+    owner: str = ""  # whose objects it reaches: the client; an Entra application under the default client: itself
+    client: Client | None = None  # its policy (limits, priority, admin); None only in tests of auth itself
+
+    @property
+    def admin(self) -> bool:
+        return self.client is not None and self.client.admin
 
 
 class BearerValidator(Protocol):
@@ -28,22 +34,39 @@ class BearerValidator(Protocol):
 
 
 class EntraBearer:
-    """Adapts the Entra ID token validator to the gateway's callers and OpenAI-shaped errors."""
+    """Adapts the Entra ID token validator to the gateway's callers and OpenAI-shaped errors.
 
-    def __init__(self, validator: EntraValidator) -> None:
+    A token's application (azp / appid) acts as the client that lists it in `entra_app_ids`; an
+    application no client lists acts as the default client (owning its own objects) or is refused.
+    """
+
+    def __init__(self, validator: EntraValidator, clients: Sequence[Client], default_client: str | None) -> None:
         self._validator = validator
+        self._by_app = {app_id: client for client in clients for app_id in client.entra_app_ids}
+        self._default = next((c for c in clients if c.name == default_client), None)
 
     async def validate(self, authorization_header: str) -> Caller:
         try:
             principal = await self._validator.validate(authorization_header)
         except AuthError as exc:
             raise GatewayError(exc.status, str(exc.status), exc.message) from None
-        return Caller(principal.name, "entra")
+        client = self._by_app.get(principal.app_id.lower())
+        if client is not None:
+            return Caller(client.name, "entra", client.name, client)
+        if self._default is not None:
+            return Caller(self._default.name, "entra", f"entra:{principal.app_id}", self._default)
+        raise GatewayError(
+            403,
+            "403",
+            f"The application {principal.app_id} is not a client of this gateway "
+            "(no client lists it in entra_app_ids).",
+        )
 
 
 class Authenticator:
     def __init__(self, clients: Sequence[Client], bearer: BearerValidator | None = None) -> None:
         self.keys = KeyRing(clients)
+        self._clients = {client.name: client for client in clients}
         self._bearer = bearer
 
     async def authenticate(self, headers: Mapping[str, str]) -> Caller:
@@ -74,4 +97,4 @@ class Authenticator:
                 found = name
         if found is None:
             raise GatewayError(401, "401", "Access denied due to invalid gateway key.")
-        return Caller(found, "key")
+        return Caller(found, "key", found, self._clients.get(found))

@@ -95,6 +95,10 @@ class Routing:
     response_header_timeout_seconds: float = 120.0
     low_priority_reserve: float = 0.2  # of each host's window, kept free of low-priority clients
     max_json_depth: int = 100
+    # An id the gateway has no record of is looked for in every region, at most this often per client,
+    # and an id found nowhere is not looked for again for a while.
+    discovery_lookups_per_minute: int = 60
+    discovery_negative_cache_seconds: float = 30.0
 
     def max_tokens_default(self, logical: str) -> int:
         return self.max_tokens_defaults.get(logical, self.default_max_tokens)

@@ -36,6 +36,7 @@ from shared.upstream import Broken, CredentialUnavailable, Upstream
 log = logging.getLogger("gateway")
 
 ERROR_BODY_CAP = 64 * 1024  # an error answer is judged on its first bytes; a longer one is relayed
+_RECORDED_EVENTS = (b"response.created", b"response.completed", b"thread.created", b"thread.run.created")
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Admission:
     client: str
     windows: tuple[str, ...] = ()
     reserve: float = 0.0  # fraction of each host's window a low-priority request must leave free
+    since: float | None = None  # clock time the request started waiting (the wait budget counts from it)
 
 
 class _Hold:
@@ -111,7 +113,7 @@ class Dispatcher:
     async def dispatch(self, inbound: Inbound, plan: Plan, admission: Admission, record: RequestRecord) -> Outgoing:
         if inbound.metered:
             self._check_size(inbound, plan)
-        start = self._clock.now()
+        start = self._clock.now() if admission.since is None else admission.since
         deadline = start + self.routing.deadline_seconds
         attempts = _Attempts()
         for attempt in range(min(self.routing.max_attempts, len(plan.hosts))):
@@ -121,8 +123,6 @@ class Dispatcher:
             result = await self._attempt(host, inbound, plan, admission, attempts, deadline, record)
             if result is not None:
                 record.host = host.name
-                if result.status < 300:
-                    await self._placement.moved(plan, host)
                 return result
         raise self._exhausted(plan, inbound, admission, attempts)
 
@@ -315,7 +315,7 @@ class Dispatcher:
                 self._broken(host, exc.breakage, exc.detail, hold, inbound, attempts, deadline)
                 record.attempt(host.name, exc.breakage.value, began)
                 return None
-            outgoing = await self._answer(host, inbound, hold, attempts, deadline, record, began)
+            outgoing = await self._answer(host, inbound, plan, hold, attempts, deadline, record, began)
             handed_off = outgoing is not None and outgoing.stream is not None
             return outgoing
         finally:
@@ -354,6 +354,7 @@ class Dispatcher:
         self,
         host: Host,
         inbound: Inbound,
+        plan: Plan,
         hold: _Hold,
         attempts: _Attempts,
         deadline: float,
@@ -377,7 +378,8 @@ class Dispatcher:
         if status < 300 and response.content_type == "text/event-stream":
             self._success(host)
             record.attempt(host.name, "ok", began, status)
-            return Outgoing(status, headers, stream=self._stream(host, inbound, hold, body, record))
+            await self._placement.served(plan, inbound.route, host, None)
+            return Outgoing(status, headers, stream=self._stream(host, inbound, plan, hold, body, record))
         cap = relay.JSON_CAP if status < 300 else ERROR_BODY_CAP
         readable = status >= 300 or "json" in response.content_type
         try:
@@ -400,8 +402,7 @@ class Dispatcher:
             used = usage.usage_from_json(content)
             hold.settle(used)
             record.input_tokens, record.output_tokens = (used.prompt, used.completion) if used else (None, None)
-            if inbound.route.creates or inbound.route.kind == "batch":
-                await self._placement.record_created(usage.json_or_none(content), host, new=inbound.route.creates)
+            await self._placement.served(plan, inbound.route, host, usage.json_or_none(content))
         else:
             hold.release()  # a 4xx from the model (bad parameter, content filter): not run
         return Outgoing(status, headers, body=content)
@@ -469,16 +470,17 @@ class Dispatcher:
             )
 
     # -- bodies that are relayed --------------------------------------------------------------------
-    def _stream(self, host: Host, inbound: Inbound, hold: _Hold, body: Any, record: RequestRecord) -> relay.Relay:
+    def _stream(
+        self, host: Host, inbound: Inbound, plan: Plan, hold: _Hold, body: Any, record: RequestRecord
+    ) -> relay.Relay:
         """An event stream, event by event; settled with its usage; a break ends it with an error event."""
         scanner = usage.SseScanner(strip_usage=inbound.inject_usage)
-        creates = inbound.route.creates
-        placement = self._placement
+        route, placement = inbound.route, self._placement
 
         async def watch(event: bytes) -> None:
-            nonlocal creates
-            if creates and b"response.created" in event:
-                creates = not await placement.record_created(usage.data_payload(event), host)
+            # The events that tell of objects to record: a new response (and its reasoning items), a new thread.
+            if any(marker in event for marker in _RECORDED_EVENTS):
+                await placement.record(plan, route, host, usage.data_payload(event))
 
         def finish(scanner: usage.SseScanner | None, ending: str) -> None:
             assert scanner is not None
@@ -493,7 +495,7 @@ class Dispatcher:
             hold.settle(used)
             hold.close(reusable=ending == "complete")
 
-        stream = relay.Relay(relay.sse_events(body, scanner, watch if creates else None), finish, scanner)
+        stream = relay.Relay(relay.sse_events(body, scanner, watch if route.creates else None), finish, scanner)
         stream.first_byte = record.first_byte
         record.stream = True
         return stream

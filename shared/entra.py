@@ -45,9 +45,10 @@ def _unauthorized(reason: str) -> AuthError:
 
 @dataclass(frozen=True)
 class Principal:
-    name: str  # client app + object id, for usage records
+    name: str  # client app + object id, for logs
     tenant: str
     roles: tuple[str, ...]
+    app_id: str = ""  # the application the token was issued to (azp / appid): which client it acts as
 
 
 class JwksUnavailable(Exception):
@@ -229,7 +230,8 @@ class EntraValidator:
         if not parts:
             raise _unauthorized("token has no client identity")
         name = f"{parts[0]} ({parts[1]})" if len(parts) == 2 else parts[0]
-        return Principal(name=name, tenant=tid, roles=roles)
+        app_id = client if isinstance(client, str) and client else parts[0]
+        return Principal(name=name, tenant=tid, roles=roles, app_id=app_id)
 
     def _verify(self, token: str, key: RSAPublicKey, tid: str) -> dict[str, Any]:
         try:

@@ -25,10 +25,12 @@ from shared import web
 from shared.affinity import AffinityStore, MemoryAffinityStore, TableAffinityStore
 from shared.aggregation import Aggregator
 from shared.auth import Authenticator, EntraBearer
+from shared.client_limits import ClientLimits
 from shared.clock import Clock, ScaledClock
-from shared.cluster import Host
-from shared.config import ConfigError, Settings, load_settings
+from shared.cluster import Cluster, Host
+from shared.config import ConfigError, Routing, Settings, load_settings
 from shared.credentials import CredentialError, TokenProvider, build_token_provider
+from shared.discovery import Discovery
 from shared.dispatch import Dispatcher
 from shared.entra import EntraValidator, JwksCache, aiohttp_jwks_fetcher
 from shared.errors import GatewayError
@@ -90,7 +92,6 @@ class Gateway:
             return self._proxy
         async with self._starting:
             if self._proxy is None:
-                routing = self.settings.routing
                 for warning in self.settings.warnings:
                     log.warning("configuration: %s", warning)
                 # One pooled session per process: connections to every region stay warm.
@@ -109,30 +110,28 @@ class Gateway:
                         jwks=JwksCache(aiohttp_jwks_fetcher(self._session), self.clock),
                         authority=entra.authority,
                     )
-                    self.authenticator = Authenticator(self.settings.clients, EntraBearer(validator))
+                    bearer = EntraBearer(validator, self.settings.clients, self.settings.entra_default_client)
+                    self.authenticator = Authenticator(self.settings.clients, bearer)
                 if self.authenticator.keys.secret_names:
                     await self._follow_key_secrets()
                 self._ledger = self._build_ledger()
-                placement = Placement(
-                    self.settings.cluster, self._affinity, self.health, routing.default_cooldown_seconds
-                )
-                dispatcher = Dispatcher(
-                    routing=routing,
-                    ledger=self._ledger,
-                    health=self.health,
-                    upstream=Upstream(self._session, self._tokens, self.settings.host_keys, self.clock, routing),
-                    placement=placement,
-                    clock=self.clock,
-                    rng=self._rng,
-                )
-                self._proxy = Proxy(
-                    routing=routing,
-                    authenticator=self.authenticator,
-                    placement=placement,
-                    dispatcher=dispatcher,
-                    aggregator=Aggregator(dispatcher, placement, routing.default_cooldown_seconds),
-                )
+                self._proxy = self._compose(self._ledger, self._tokens, self._session)
         return self._proxy
+
+    def _compose(self, ledger: Ledger, tokens: TokenProvider, session: aiohttp.ClientSession) -> Proxy:
+        settings = self.settings
+        upstream = Upstream(session, tokens, settings.host_keys, self.clock, settings.routing)
+        return compose(
+            settings.cluster,
+            settings.routing,
+            self.authenticator,
+            ledger,
+            self.health,
+            self._affinity,
+            upstream,
+            self.clock,
+            self._rng,
+        )
 
     async def _follow_key_secrets(self) -> None:
         """Read the clients' Key Vault key secrets now (the first request needs them) and then every few minutes."""
@@ -201,7 +200,9 @@ class Gateway:
             **windows,
         )
         self._health_store = TableHealthStore(table_client(table, HEALTH_TABLE, identity))
-        self._affinity = TableAffinityStore(table_client(table, AFFINITY_TABLE, identity), self.clock)
+        affinity = TableAffinityStore(table_client(table, AFFINITY_TABLE, identity), self.clock)
+        self._affinity = affinity
+        self._background.append(asyncio.create_task(affinity.run()))
         self._background.append(asyncio.create_task(ledger.run()))
         self._background.append(asyncio.create_task(self._follow_health(table.health_cache_seconds)))
         return ledger
@@ -350,6 +351,40 @@ def _vault_fetcher(client: Any) -> SecretFetcher:
         return value
 
     return fetch
+
+
+def compose(
+    cluster: Cluster,
+    routing: Routing,
+    authenticator: Authenticator,
+    ledger: Ledger,
+    health: HealthBoard,
+    affinity: AffinityStore,
+    upstream: Upstream,
+    clock: Clock,
+    rng: random.Random,
+) -> Proxy:
+    """The request path from its parts (the unit tests assemble theirs the same way)."""
+    placement = Placement(cluster, affinity, health, routing.default_cooldown_seconds)
+    dispatcher = Dispatcher(
+        routing=routing, ledger=ledger, health=health, upstream=upstream, placement=placement, clock=clock, rng=rng
+    )
+    discovery = Discovery(
+        placement.resources,
+        dispatcher.ask,
+        clock,
+        per_minute=routing.discovery_lookups_per_minute,
+        negative_seconds=routing.discovery_negative_cache_seconds,
+    )
+    return Proxy(
+        routing=routing,
+        authenticator=authenticator,
+        limits=ClientLimits(ledger, routing, clock),
+        placement=placement,
+        discovery=discovery,
+        dispatcher=dispatcher,
+        aggregator=Aggregator(dispatcher, placement, affinity, routing.default_cooldown_seconds),
+    )
 
 
 class Misconfigured:

@@ -159,7 +159,7 @@ def test_a_session_sticks_while_its_host_has_headroom_and_moves_once(stack: Stac
     assert moved_to != first
     time.sleep(60 / TIME_SCALE + 0.5)  # the old host has headroom again: the move holds all the same
     assert {backend("conversation-1") for _ in range(6)} == {moved_to}
-    moves = [line for line in _log(stack).splitlines() if "session session:conversation-1 moved" in line]
+    moves = [line for line in _log(stack).splitlines() if ":conversation-1 moved" in line]
     assert len(moves) == 1, moves
 
 

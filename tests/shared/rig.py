@@ -17,17 +17,15 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from starlette.datastructures import Headers
 
 from shared.affinity import MemoryAffinityStore
-from shared.aggregation import Aggregator
 from shared.auth import Authenticator
 from shared.clock import ManualClock
 from shared.cluster import Cluster, Host, HostAuth
 from shared.config import Client, Routing, Secret
 from shared.credentials import CredentialError
-from shared.dispatch import Dispatcher
+from shared.gateway import compose
 from shared.health import HealthBoard
 from shared.ledger import LocalLedger
 from shared.outgoing import Outgoing
-from shared.placement import Placement
 from shared.proxy import Proxy
 from shared.record import RequestRecord
 from shared.upstream import Upstream
@@ -220,7 +218,13 @@ class Rig:
         return self.ledger.headroom(host.key, host.tpm, host.rpm)
 
 
-def make_rig(responder: Responder = ok, hosts: tuple[Host, ...] = HOSTS, seed: int = 7, **routing: Any) -> Rig:
+def make_rig(
+    responder: Responder = ok,
+    hosts: tuple[Host, ...] = HOSTS,
+    seed: int = 7,
+    clients: tuple[Client, ...] = (Client("app", (Secret(CLIENT_KEY),)),),
+    **routing: Any,
+) -> Rig:
     clock = ManualClock(1000.0)
     ledger = LocalLedger(clock)
     affinity = MemoryAffinityStore(clock)
@@ -228,23 +232,10 @@ def make_rig(responder: Responder = ok, hosts: tuple[Host, ...] = HOSTS, seed: i
     session = FakeSession(clock, responder)
     tokens = FakeTokens()
     settings = Routing(**routing)
-    placement = Placement(Cluster({CHAT: hosts}), affinity, health, settings.default_cooldown_seconds)
     upstream = Upstream(session, tokens, {UK.key: Secret(HOST_API_KEY)}, clock, settings)  # type: ignore[arg-type]
-    dispatcher = Dispatcher(
-        routing=settings,
-        ledger=ledger,
-        health=health,
-        upstream=upstream,
-        placement=placement,
-        clock=clock,
-        rng=random.Random(seed),
-    )
-    proxy = Proxy(
-        routing=settings,
-        authenticator=Authenticator([Client("app", (Secret(CLIENT_KEY),))]),
-        placement=placement,
-        dispatcher=dispatcher,
-        aggregator=Aggregator(dispatcher, placement, settings.default_cooldown_seconds),
+    authenticator = Authenticator(clients)
+    proxy = compose(
+        Cluster({CHAT: hosts}), settings, authenticator, ledger, health, affinity, upstream, clock, random.Random(seed)
     )
     return Rig(proxy, session, clock, ledger, health, tokens, affinity)
 

@@ -13,6 +13,7 @@ import logging
 import aiohttp
 import pytest
 
+from shared.affinity import Home
 from shared.health import ProbeResult
 from shared.outgoing import BACKEND_HEADER, Outgoing
 from tests.shared.rig import (
@@ -133,7 +134,7 @@ async def test_a_binary_answer_is_relayed_in_pieces_as_it_arrives() -> None:
     pieces = [bytes([i]) * 65536 for i in range(16)]
     upstream = FakeResponse(200, {}, content_type="application/octet-stream", chunks=pieces)
     rig = make_rig(lambda sent: upstream, hosts=(EAST,))
-    await rig.affinity.put("file:file-big", EAST.key, 3600)
+    rig.affinity.put("file:file-big", Home(EAST.key, "app"), 3600)
     out = await call(rig, "/openai/files/file-big/content", method="GET", payload=b"")
     assert out.body == b"" and out.stream is not None
     got = [piece async for piece in out.stream]
@@ -172,7 +173,7 @@ async def test_a_create_whose_answer_was_lost_is_not_sent_again(error: BaseExcep
 
 async def test_a_create_answered_with_a_5xx_is_relayed_not_retried() -> None:
     rig = make_rig(lambda sent: FakeResponse(500, {}, b'{"error": {"code": "InternalServerError"}}'))
-    await rig.affinity.put("file:file-in", WEST.key, 3600)
+    rig.affinity.put("file:file-in", Home(WEST.key, "app"), 3600)
     out = await call(rig, "/openai/batches", payload=BATCH)
     assert out.status == 500 and len(rig.session.sent) == 1
     assert rig.health.describe(WEST.key)["consecutive_failures"] == 1  # still evidence against the host

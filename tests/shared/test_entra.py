@@ -175,7 +175,7 @@ async def rejected(validator: EntraValidator, header: str, reason: str, status: 
 @pytest.mark.asyncio
 async def test_valid_token_returns_principal_and_keys_are_cached_for_ttl(env: Env) -> None:
     validator = env.validator()
-    expected = Principal(name="client-app (object-1)", tenant=TENANT, roles=(ROLE,))
+    expected = Principal(name="client-app (object-1)", tenant=TENANT, roles=(ROLE,), app_id="client-app")
     assert await validator.validate(f"Bearer {env.token()}") == expected
     assert await validator.validate(f"bearer  {env.token()} ") == expected  # scheme is case-insensitive
     assert env.endpoint.hits == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from types import SimpleNamespace
@@ -21,10 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.datastructures import Headers
 
-from shared.affinity import object_key, valid_id
+from shared.affinity import Home
 from shared.cluster import Host
 from shared.outgoing import BACKEND_HEADER, Outgoing
-from shared.routes import DEPLOYMENT_OPERATIONS, OPERATIONS
+from shared.references import object_key
+from shared.routes import DEPLOYMENT_OPERATIONS, OPERATIONS, valid_object_id
 from tests.shared.rig import (
     API_VERSION,
     CHAT,
@@ -37,7 +39,6 @@ from tests.shared.rig import (
     UK,
     UPSTREAM_TOKEN,
     WEST,
-    Answer,
     FakeResponse,
     Sent,
     body,
@@ -54,10 +55,11 @@ from tests.shared.rig import (
 
 KNOWN_RESPONSE = "resp_known123"  # a Response the affinity store says lives on eastus
 OBJECT_PATH = f"/openai/v1/responses/{KNOWN_RESPONSE}"
+UNKNOWN_PATH = "/openai/v1/responses/resp_unknown"  # no record: looked for in every resource with a GET
 ALLOWED_UPSTREAM_PATHS = {
     host.key: {f"/openai/deployments/{host.deployment}/{op}" for op in DEPLOYMENT_OPERATIONS}
     | {f"/openai/v1/{op}" for op in OPERATIONS}
-    | {OBJECT_PATH}
+    | {OBJECT_PATH, UNKNOWN_PATH}
     for host in HOSTS
 }
 TRICKS = [
@@ -86,7 +88,7 @@ TRICKS = [
 POST_PATHS = [f"/openai/deployments/{CHAT}/{op}" for op in sorted(DEPLOYMENT_OPERATIONS)] + [
     f"/openai/v1/{op}" for op in sorted(OPERATIONS)
 ]
-VALID_PATHS = [*POST_PATHS, OBJECT_PATH, "/openai/v1/responses/resp_unknown"]
+VALID_PATHS = [*POST_PATHS, OBJECT_PATH, UNKNOWN_PATH]
 
 
 @st.composite
@@ -139,7 +141,7 @@ def must_be_served(method: str, path: str, headers: Headers, v1_model: str) -> b
     if path == OBJECT_PATH:  # pinned to the Response's home: an x-session-id is not looked at
         return method in ("GET", "DELETE")
     session = headers.get("x-session-id")
-    if session is not None and not valid_id(session):
+    if session is not None and not valid_object_id(session):
         return False
     return method == "POST" and path in POST_PATHS and (not path.startswith("/openai/v1/") or v1_model == CHAT)
 
@@ -170,20 +172,28 @@ def test_upstream_url_and_headers_are_the_gateways_whatever_the_client_sends(
     headers = [*creds, ("content-type", "application/json"), *extra]
 
     async def scenario() -> Outgoing:
-        await rig.affinity.put(object_key("response", KNOWN_RESPONSE), EAST.key, 3600)
+        rig.affinity.put(object_key("response", KNOWN_RESPONSE), Home(EAST.key, "app"), 3600)
         payload = b"" if method in ("GET", "DELETE") else body(model=v1_model)
         return await call(rig, path, headers, payload, query, method=method)
 
     outgoing = asyncio.run(scenario())
 
+    # An id with no record (any but KNOWN_RESPONSE) is looked for in every resource with a GET of the same path.
+    looked_up = (
+        method in ("GET", "DELETE")
+        and re.fullmatch(r"/openai/v1/responses/[A-Za-z0-9_-]{1,128}", path) is not None
+        and path != OBJECT_PATH
+        and presents_the_client_key(wire_headers(headers))
+    )
     for sent in rig.session.sent:
         host = sent.host  # KeyError if the URL names no configured endpoint
         assert sent.url.startswith(host.endpoint + "/openai/")
-        assert sent.method == method
+        assert sent.method == ("GET" if looked_up else method)
         parts = urlsplit(sent.url)
-        assert parts.path in ALLOWED_UPSTREAM_PATHS[host.key], sent.url
+        assert parts.path in ALLOWED_UPSTREAM_PATHS[host.key] or (looked_up and parts.path == path), sent.url
         assert parts.fragment == "" and parts.username is None and parts.password is None
-        assert parse_qsl(parts.query, keep_blank_values=True) == query
+        expected = [q for q in query if q[0] == "api-version"] if looked_up else query  # a lookup asks only for it
+        assert parse_qsl(parts.query, keep_blank_values=True) == expected
         names = set(sent.headers)
         assert all(name == name.lower() for name in names)
         allowed = {"content-type", "accept", "user-agent", "x-ms-client-request-id", "openai-beta", "accept-encoding"}
@@ -198,6 +208,11 @@ def test_upstream_url_and_headers_are_the_gateways_whatever_the_client_sends(
                 assert name not in names
         assert all(CLIENT_KEY not in value for value in sent.headers.values())
         assert CLIENT_KEY not in sent.url
+    if looked_up:
+        # Found (the fake answers everything), but nobody recorded whose it is: only an admin may reach it.
+        assert len({s.host for s in rig.session.sent}) == len(rig.session.sent) == len(HOSTS)
+        assert outgoing.status == 404 and error_of(outgoing)["code"] == "not_found"
+        return
     served = must_be_served(method, path, wire_headers(headers), v1_model)
     if rig.session.sent:
         assert served, f"a request no rule allows went upstream: {method} {path!r}"
@@ -550,13 +565,19 @@ async def test_an_upload_goes_to_one_resource_untouched_and_its_file_is_recorded
     assert host is not EAST
     assert sent.url == f"{host.endpoint}/openai/files?api-version={API_VERSION}"
     assert sent.data == UPLOAD and sent.headers["content-type"] == MULTIPART[1][1]
-    assert await rig.affinity.get(f"file:file-{host.name}") == host.key
+    assert await rig.affinity.get(f"file:file-{host.name}") == Home(host.key, "app")  # and whose it is
     assert rig.headroom(host) == (host.tpm, host.rpm / 6)  # no tokens charged, no request counted
 
 
+def uk_files_only(sent: Sent) -> FakeResponse:
+    if sent.host == UK:
+        return stored_file(sent)
+    return FakeResponse(404, {}, b'{"error": {"code": "not_found", "message": "No file found."}}')
+
+
 async def test_a_request_naming_a_file_goes_home_or_nowhere() -> None:
-    rig = make_rig(stored_file)
-    await rig.affinity.put(object_key("file", "file-uk"), UK.key, 3600)
+    rig = make_rig(uk_files_only)
+    rig.affinity.put(object_key("file", "file-uk"), Home(UK.key, "app"), 3600)
     for method, path in [("GET", "/openai/files/file-uk"), ("GET", "/openai/files/file-uk/content")]:
         outgoing = await call(rig, path, payload=b"", method=method)
         assert outgoing.status == 200 and outgoing.headers[BACKEND_HEADER] == "uksouth"
@@ -569,6 +590,13 @@ async def test_a_request_naming_a_file_goes_home_or_nowhere() -> None:
         "message": "No file found with id 'file-nope'.",
         "type": "invalid_request_error",
     }
+    # No record: every resource was asked with a GET (no tokens), none has it.
+    lookups = rig.session.sent[sent:]
+    assert sorted(s.host.name for s in lookups) == ["eastus", "uksouth", "westus"]
+    assert all(s.method == "GET" and s.url.startswith(f"{s.host.endpoint}/openai/files/file-nope") for s in lookups)
+    again = await call(rig, "/openai/files/file-nope", payload=b"", method="GET")
+    assert again.status == 404 and len(rig.session.sent) == sent + 3  # the negative cache: not asked again
+    sent = len(rig.session.sent)
     rig.health.eject(UK.key, "probe failed", 60)
     down = await call(rig, "/openai/files/file-uk", payload=b"", method="GET")
     assert down.status == 503 and error_of(down)["code"] == "RegionUnavailable"
@@ -583,64 +611,17 @@ def batch_answer(sent: Sent) -> FakeResponse:
 
 async def test_a_batch_follows_its_input_file_and_its_output_files_are_recorded() -> None:
     rig = make_rig(batch_answer)
-    await rig.affinity.put(object_key("file", "file-in"), WEST.key, 3600)
+    rig.affinity.put(object_key("file", "file-in"), Home(WEST.key, "app"), 3600)
     rig.ledger.reserve((WEST.key,), WEST.tpm - 10, prompt=0, client="other", deployment=CHAT)  # the busiest host
     payload = json.dumps({"input_file_id": "file-in", "endpoint": "/chat/completions", "completion_window": "24h"})
     created = await call(rig, "/openai/batches", payload=payload.encode())
     assert created.status == 200 and created.headers[BACKEND_HEADER] == "westus"
     assert rig.session.sent[-1].data == payload.encode()  # no model is added to a batch
-    assert await rig.affinity.get("batch:batch_1") == WEST.key
-    assert await rig.affinity.get("file:file-out") == WEST.key
+    assert await rig.affinity.get("batch:batch_1") == Home(WEST.key, "app")
+    assert await rig.affinity.get("file:file-out") == Home(WEST.key, "app")
     for method, path in [("GET", "/openai/batches/batch_1"), ("POST", "/openai/batches/batch_1/cancel")]:
         outgoing = await call(rig, path, payload=b"", method=method)
         assert outgoing.status == 200 and rig.session.sent[-1].host == WEST
+    rig.session.responder = lambda sent: FakeResponse(404, {}, b'{"error": {"code": "not_found"}}')
     unknown = await call(rig, "/openai/batches", payload=payload.replace("file-in", "file-x").encode())
     assert unknown.status == 404 and error_of(unknown)["message"] == "No file found with id 'file-x'."
-
-
-# --- lists that span regions --------------------------------------------------------------------------------------
-
-
-def region_page(sent: Sent) -> FakeResponse:
-    age = {"eastus": 30, "westus": 20, "uksouth": 10}[sent.host.name]
-    data = [{"id": f"file-{sent.host.name}", "object": "file", "created_at": 1000 + age}]
-    return FakeResponse(200, {}, json.dumps({"object": "list", "data": data, "has_more": False}).encode())
-
-
-async def test_a_list_asks_every_resource_once_and_merges_newest_first() -> None:
-    rig = make_rig(region_page)
-    rig.health.cool_down(EAST.key, 30, "429 (quota)")  # a list costs no tokens: asked all the same
-    outgoing = await call(rig, "/openai/files", payload=b"", method="GET", query=[("api-version", API_VERSION)])
-    assert outgoing.status == 200 and outgoing.headers[BACKEND_HEADER] == "eastus,westus,uksouth"
-    assert sorted(s.url for s in rig.session.sent) == sorted(
-        f"{h.endpoint}/openai/files?api-version={API_VERSION}" for h in HOSTS
-    )
-    listed = json.loads(outgoing.body)
-    assert [f["id"] for f in listed["data"]] == ["file-eastus", "file-westus", "file-uksouth"]
-    limited = await call(rig, "/openai/v1/files", payload=b"", method="GET", query=[("limit", "2")])
-    assert [f["id"] for f in json.loads(limited.body)["data"]] == ["file-eastus", "file-westus"]
-    assert json.loads(limited.body)["has_more"]
-
-
-async def test_a_list_with_a_cursor_is_refused_before_any_region_is_asked() -> None:
-    rig = make_rig(region_page)
-    outgoing = await call(rig, "/openai/batches", payload=b"", method="GET", query=[("after", "batch_1")])
-    assert outgoing.status == 400 and "'after' is not supported" in error_of(outgoing)["message"]
-    assert rig.session.sent == []
-
-
-@pytest.mark.parametrize("failure", ["500", "down"])
-async def test_a_region_that_cannot_list_fails_the_whole_list_naming_it(failure: str) -> None:
-    answer: Answer = FakeResponse(500, {}, b"{}") if failure == "500" else aiohttp.ClientConnectionError("refused")
-    rig = make_rig(lambda sent: answer if sent.host == WEST else region_page(sent))
-    outgoing = await call(rig, "/openai/files", payload=b"", method="GET")
-    assert outgoing.status == 503 and int(outgoing.headers["retry-after"]) >= 1
-    error = error_of(outgoing)
-    assert error["code"] == "RegionUnavailable" and "westus" in error["message"]
-    assert "eastus" not in error["message"]
-
-
-async def test_a_clients_mistake_in_a_list_passes_through() -> None:
-    rig = make_rig(lambda sent: FakeResponse(400, {}, b'{"error": {"code": "invalid_purpose"}}'))
-    outgoing = await call(rig, "/openai/files", payload=b"", method="GET", query=[("purpose", "nope")])
-    assert outgoing.status == 400 and b"invalid_purpose" in outgoing.body

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.errors import GatewayError
-from shared.routes import Route, match, upstream_query, valid_deployment_name
+from shared.routes import match, upstream_query, valid_deployment_name
 
 DEPLOYMENT_OPS = [
     "chat/completions",
@@ -33,27 +33,47 @@ def status_of(method: str, path: str) -> int:
 @pytest.mark.parametrize("op", DEPLOYMENT_OPS)
 def test_every_operation_on_the_deployments_surface(op: str) -> None:
     route = match("POST", f"/openai/deployments/gpt-4o/{op}")
-    assert route == Route(op, "gpt-4o", v1=False)
+    assert (route.operation, route.deployment, route.v1, route.metered, route.by_model) == (
+        op,
+        "gpt-4o",
+        False,
+        True,
+        False,
+    )
     assert route.upstream_path("gpt-4o-eu") == f"/openai/deployments/gpt-4o-eu/{op}"
 
 
 @pytest.mark.parametrize("op", V1_OPS)
 def test_every_operation_on_the_v1_surface(op: str) -> None:
     route = match("POST", f"/openai/v1/{op}")
-    assert route == Route(op, None, v1=True)
+    assert (route.operation, route.deployment, route.v1, route.metered, route.by_model) == (op, None, True, True, True)
     assert route.upstream_path("ignored-physical") == f"/openai/v1/{op}"
 
 
-def test_responses_only_exist_on_v1() -> None:
+def test_responses_on_the_azure_style_surface_too_but_not_under_a_deployment() -> None:
+    route = match("POST", "/openai/responses")
+    assert (route.v1, route.by_model, route.metered, route.creates, route.kind) == (False, True, True, True, "response")
+    assert route.upstream_path("x") == "/openai/responses"
     assert status_of("POST", "/openai/deployments/gpt-4o/responses") == 404
+    assert status_of("POST", "/openai/chat/completions") == 404  # other operations need a deployment there
 
 
+@pytest.mark.parametrize("prefix", ["/openai/", "/openai/v1/"])
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
-def test_a_response_is_read_or_deleted_by_id(method: str) -> None:
-    route = match(method, "/openai/v1/responses/resp_Ab-9")
-    assert route == Route("responses", None, v1=True, object_id="resp_Ab-9", method=method)
-    assert route.upstream_path("ignored") == "/openai/v1/responses/resp_Ab-9"
-    assert match(method, "/openai/v1/responses/" + "a" * 128).object_id == "a" * 128
+def test_a_response_is_read_or_deleted_by_id(prefix: str, method: str) -> None:
+    route = match(method, f"{prefix}responses/resp_Ab-9")
+    assert (route.kind, route.object_id, route.root, route.method) == (
+        "response",
+        "resp_Ab-9",
+        ("response", "resp_Ab-9"),
+        method,
+    )
+    assert route.upstream_path("ignored") == f"{prefix}responses/resp_Ab-9"
+    assert not route.metered and not route.creates and route.deletes == (method == "DELETE")
+    assert match(method, f"{prefix}responses/" + "a" * 128).object_id == "a" * 128
+    items = match("GET", f"{prefix}responses/resp_1/input_items")
+    assert (items.action, items.root, items.lists) == ("input_items", ("response", "resp_1"), False)
+    assert match("POST", f"{prefix}responses/resp_1/cancel").action == "cancel"
 
 
 @pytest.mark.parametrize(
@@ -63,42 +83,42 @@ def test_a_response_is_read_or_deleted_by_id(method: str) -> None:
         "/openai/v1/responses/" + "a" * 129,
         "/openai/v1/responses/resp.1",
         "/openai/v1/responses/resp_1/",
-        "/openai/v1/responses/resp_1/input_items",
+        "/openai/v1/responses/resp_1/input_items/x",
         "/openai/v1/responses/resp:1",
         "/openai/v1/chat/completions/chatcmpl-1",
         "/openai/v1/files/file-1/",
         "/openai/v1/files/file-1/content/x",
         "/openai/v1/files/file.1",
         "/openai/v1/files/file-1/contents",
-        "/openai/responses/resp_1",
         "/openai/models",
+        "/openai/assistants/asst_1/x",
+        "/openai/threads/thread_1/runs/run_1/steps/step_1/x",
     ],
 )
 def test_object_paths_are_strict(path: str) -> None:
     assert status_of("GET", path) == 404
 
 
-def test_objects_allow_get_and_delete_only() -> None:
+def test_objects_allow_their_methods_only() -> None:
     assert status_of("POST", "/openai/v1/responses/resp_1") == 405
     assert status_of("PUT", "/openai/v1/responses/resp_1") == 405
+    assert status_of("GET", "/openai/v1/responses") == 405  # no list of responses
+    assert status_of("GET", "/openai/threads") == 405  # nor of threads
 
 
 @pytest.mark.parametrize("prefix", ["/openai/", "/openai/v1/"])
 def test_files_on_both_surfaces(prefix: str) -> None:
-    v1 = prefix == "/openai/v1/"
     listed = match("GET", prefix + "files")
     assert listed.lists and not listed.creates and listed.upstream_path("ignored") == prefix + "files"
     upload = match("POST", prefix + "files")
-    assert upload == Route("files", None, v1=v1, method="POST")
-    assert upload.creates and upload.kind == "file" and not upload.by_model
-    reads = [
+    assert upload.creates and upload.kind == "file" and not upload.by_model and not upload.metered
+    for method, path, action in [
         ("GET", "files/file-1", None),
         ("DELETE", "files/file-1", None),
         ("GET", "files/file-1/content", "content"),
-    ]
-    for method, path, action in reads:
+    ]:
         route = match(method, prefix + path)
-        assert route == Route("files", None, v1=v1, object_id="file-1", method=method, action=action)
+        assert (route.kind, route.object_id, route.action, route.root) == ("file", "file-1", action, ("file", "file-1"))
         assert route.upstream_path("ignored") == prefix + path and not route.creates
     assert status_of("DELETE", prefix + "files/file-1/content") == 405
     assert status_of("PUT", prefix + "files") == 405
@@ -106,18 +126,71 @@ def test_files_on_both_surfaces(prefix: str) -> None:
 
 @pytest.mark.parametrize("prefix", ["/openai/", "/openai/v1/"])
 def test_batches_on_both_surfaces(prefix: str) -> None:
-    v1 = prefix == "/openai/v1/"
     assert match("GET", prefix + "batches").lists
     create = match("POST", prefix + "batches")
-    assert create == Route("batches", None, v1=v1) and create.creates and create.kind == "batch"
+    assert create.creates and create.kind == "batch" and create.root is None
     read = match("GET", prefix + "batches/batch_1")
-    assert read == Route("batches", None, v1=v1, object_id="batch_1", method="GET") and not read.creates
+    assert read.root == ("batch", "batch_1") and not read.creates
     cancel = match("POST", prefix + "batches/batch_1/cancel")
-    assert cancel == Route("batches", None, v1=v1, object_id="batch_1", action="cancel") and not cancel.creates
+    assert cancel.action == "cancel" and not cancel.creates
     assert cancel.upstream_path("ignored") == prefix + "batches/batch_1/cancel"
     assert status_of("DELETE", prefix + "batches/batch_1") == 405
     assert status_of("GET", prefix + "batches/batch_1/cancel") == 405
     assert status_of("POST", prefix + "batches/batch_1/results") == 404
+
+
+# (method, path, surfaces) of every stateful route, with the root that names its home.
+STATEFUL = [
+    ("POST", "conversations", {"v1"}, None),
+    ("GET", "conversations/conv_1", {"v1"}, ("conversation", "conv_1")),
+    ("POST", "conversations/conv_1", {"v1"}, ("conversation", "conv_1")),
+    ("POST", "conversations/conv_1/items", {"v1"}, ("conversation", "conv_1")),
+    ("GET", "conversations/conv_1/items/msg_1", {"v1"}, ("conversation", "conv_1")),
+    ("DELETE", "conversations/conv_1/items/msg_1", {"v1"}, ("conversation", "conv_1")),
+    ("POST", "vector_stores", {"classic", "v1"}, None),
+    ("GET", "vector_stores", {"classic", "v1"}, None),
+    ("POST", "vector_stores/vs_1/search", {"classic", "v1"}, ("vector_store", "vs_1")),
+    ("POST", "vector_stores/vs_1/files", {"classic", "v1"}, ("vector_store", "vs_1")),
+    ("GET", "vector_stores/vs_1/files/file-1/content", {"classic", "v1"}, ("vector_store", "vs_1")),
+    ("POST", "vector_stores/vs_1/file_batches", {"classic", "v1"}, ("vector_store", "vs_1")),
+    ("POST", "vector_stores/vs_1/file_batches/vsfb_1/cancel", {"classic", "v1"}, ("vector_store", "vs_1")),
+    ("GET", "vector_stores/vs_1/file_batches/vsfb_1/files", {"classic", "v1"}, ("vector_store", "vs_1")),
+    ("POST", "assistants", {"classic"}, None),
+    ("POST", "assistants/asst_1", {"classic"}, ("assistant", "asst_1")),
+    ("POST", "threads", {"classic"}, None),
+    ("POST", "threads/runs", {"classic"}, None),
+    ("GET", "threads/thread_1/messages", {"classic"}, ("thread", "thread_1")),
+    ("POST", "threads/thread_1/runs", {"classic"}, ("thread", "thread_1")),
+    ("POST", "threads/thread_1/runs/run_1/submit_tool_outputs", {"classic"}, ("thread", "thread_1")),
+    ("GET", "threads/thread_1/runs/run_1/steps/step_1", {"classic"}, ("thread", "thread_1")),
+    ("POST", "containers", {"v1"}, None),
+    ("POST", "containers/cntr_1/files", {"v1"}, ("container", "cntr_1")),
+    ("GET", "containers/cntr_1/files/cfile_1/content", {"v1"}, ("container", "cntr_1")),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "surfaces", "root"), STATEFUL)
+def test_every_stateful_kind_on_the_surfaces_azure_offers_it(
+    method: str, path: str, surfaces: set[str], root: tuple[str, str] | None
+) -> None:
+    for surface, prefix in (("classic", "/openai/"), ("v1", "/openai/v1/")):
+        if surface not in surfaces:
+            assert status_of(method, prefix + path) == 404
+            continue
+        route = match(method, prefix + path)
+        assert route.root == root and not route.metered and route.method == method
+        assert route.upstream_path("unused") == prefix + path
+        assert route.lists == (method == "GET" and "/" not in path)
+
+
+def test_nested_creates_are_creates_and_nested_lists_go_home() -> None:
+    message = match("POST", "/openai/threads/thread_1/messages")
+    assert message.creates and message.kind == "thread.message" and message.root == ("thread", "thread_1")
+    listed = match("GET", "/openai/threads/thread_1/runs")
+    assert not listed.lists and listed.root == ("thread", "thread_1")
+    assert not match("POST", "/openai/threads/thread_1/runs/run_1/cancel").creates
+    assert match("DELETE", "/openai/assistants/asst_1").deletes
+    assert not match("DELETE", "/openai/v1/conversations/conv_1/items/msg_1").deletes  # a nested object
 
 
 @pytest.mark.parametrize(
@@ -149,6 +222,8 @@ def test_batches_on_both_surfaces(prefix: str) -> None:
         "/openai/deployments/" + "a" * 65 + "/chat/completions",
         "/openai/v1/models",
         "/openai/v1/chat/completions/",
+        "/openai/v1/assistants",  # assistants only on the classic surface
+        "/openai/conversations",  # conversations only on v1
         "/openai/v1/../deployments/x/chat/completions",
         "/openai/v1//chat/completions",
         "/OPENAI/v1/chat/completions",
@@ -199,7 +274,7 @@ _DEPLOYMENT_ALTS = "|".join(map(re.escape, DEPLOYMENT_OPS))
 _V1_ALTS = "|".join(map(re.escape, V1_OPS))
 _SAFE = re.compile(
     rf"^/openai/deployments/[A-Za-z0-9][A-Za-z0-9._-]{{0,63}}/({_DEPLOYMENT_ALTS})\Z|^/openai/v1/({_V1_ALTS})\Z"
-    r"|^/openai/v1/responses/[A-Za-z0-9_-]{1,128}\Z"
+    r"|^/openai/(v1/)?responses(/[A-Za-z0-9_-]{1,128})?\Z"
     r"|^/openai/(v1/)?files(/[A-Za-z0-9_-]{1,128}(/content)?)?\Z"
 )
 
@@ -242,6 +317,7 @@ def test_a_matched_path_is_always_a_safe_upstream_path(method: str, path: str) -
         assert exc.status in (404, 405)
         return
     assert route.method == method and (method == "POST" or route.lists) == (route.object_id is None)
+    assert route.root is None or route.upstream_path("x").endswith(route.root[1]) or route.action is not None
     upstream = route.upstream_path(route.deployment or "unused")
     assert _SAFE.match(upstream), upstream
     assert upstream == path  # nothing was rewritten: the client's path was already exactly a safe one
