@@ -280,7 +280,7 @@ def raw_request(stack: Stack, path: str, body: bytes | None = None, method: str 
 
 def test_deeply_nested_json_is_a_400_in_openais_shape(regions: Stack) -> None:
     body = b'{"messages": [{"role": "user", "content": "hi"}], "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    status, headers, text = raw_request(
+    status, _headers, text = raw_request(
         regions, f"/openai/deployments/{CHAT}/chat/completions?api-version=2024-10-21", body
     )
     assert status == 400
