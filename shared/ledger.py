@@ -125,6 +125,7 @@ class Ledger(Protocol):
     def seconds_until(self, key: str, tokens: int, tpm: int, rpm: int) -> float: ...
     def window_tokens(self, key: str) -> float: ...
     def own_window_tokens(self, key: str) -> float: ...
+    def open_tokens(self, key: str) -> float: ...
     def day_tokens(self, client: str, deployment: str | None = None) -> int: ...
     def host_usage(self) -> Mapping[str, HostUsage]: ...
     def records(self) -> Mapping[UsageKey, UsageRecord]: ...
@@ -177,6 +178,7 @@ class _Book:
         self.request_margin = _Margin(margin)
         self.reserved_tokens = 0.0  # cumulative, net of releases
         self.reserved_requests = 0.0
+        self.open_tokens = 0.0  # estimates of requests not settled yet (in flight)
         self.token_hint: _Hint | None = None
         self.request_hint: _Hint | None = None
 
@@ -217,6 +219,7 @@ class LocalLedger:
             book.requests.add(now, 1)
             book.reserved_tokens += tokens
             book.reserved_requests += 1
+            book.open_tokens += tokens
         host = self._book(keys[0])
         marks = (host.reserved_tokens, host.reserved_requests)
         return Reservation(keys, tokens, min(prompt, tokens), now, client, deployment, marks)
@@ -225,6 +228,8 @@ class LocalLedger:
         if reservation.state != "open":
             return
         reservation.state = "settled"
+        for key in reservation.keys:
+            self._book(key).open_tokens -= reservation.tokens
         if used is not None and used.total > reservation.tokens:
             extra = used.total - reservation.tokens
             for key in reservation.keys:
@@ -246,6 +251,7 @@ class LocalLedger:
         reservation.state = "released"
         for key in reservation.keys:
             book = self._book(key)
+            book.open_tokens -= reservation.tokens
             book.tokens.add(reservation.at, -reservation.tokens)
             book.requests.add(reservation.at, -1)
             book.reserved_tokens -= reservation.tokens
@@ -316,6 +322,10 @@ class LocalLedger:
         book = self._book(key)
         now = self._clock.now()
         return book.tokens.total(now - book.token_margin.at(now))
+
+    def open_tokens(self, key: str) -> float:
+        """What requests in flight on `key` have reserved (for /status: reserved, apart from used)."""
+        return self._book(key).open_tokens
 
     def day_tokens(self, client: str, deployment: str | None = None) -> int:
         day = utc_day(self._clock.wall())

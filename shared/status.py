@@ -31,6 +31,7 @@ def describe(settings: Settings, ledger: Ledger, health: HealthBoard, in_flight:
                     "rpm": host.rpm,
                     "window_tokens": round(ledger.window_tokens(host.key)),
                     "own_window_tokens": round(ledger.own_window_tokens(host.key)),
+                    "reserved_tokens": round(ledger.open_tokens(host.key)),
                     "free_tokens": round(free_tokens),
                     "free_requests": round(free_requests),
                     "served_tokens": usage.tokens if usage else 0,

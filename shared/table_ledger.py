@@ -137,6 +137,9 @@ class TableLedger:
     def own_window_tokens(self, key: str) -> float:
         return self._local.own_window_tokens(key)
 
+    def open_tokens(self, key: str) -> float:
+        return self._local.open_tokens(key)
+
     def day_tokens(self, client: str, deployment: str | None = None) -> int:
         return self._local.day_tokens(client, deployment)
 
