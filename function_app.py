@@ -30,6 +30,11 @@ async def status(req: Request) -> Response:
     return await gateway.status(req)
 
 
+@app.route(route="usage", methods=["GET"])
+async def usage(req: Request) -> Response:
+    return await gateway.usage(req)
+
+
 @app.route(route="{*path}", methods=METHODS)
 async def not_found(req: Request) -> Response:
     return await gateway.not_found(req)

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import random
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -21,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared import status as status_
-from shared import web
+from shared import usage_report, web
 from shared.affinity import AffinityStore, MemoryAffinityStore, TableAffinityStore
 from shared.aggregation import Aggregator
 from shared.auth import Authenticator, EntraBearer
@@ -273,6 +274,24 @@ class Gateway:
         report = status_.describe(self.settings, self._ledger, self.health, proxy.in_flight, self.clock.wall())
         return Response(json.dumps(report, indent=2), 200, _JSON)
 
+    async def usage(self, request: Request) -> Response:
+        """Real usage per client x deployment x day (admin clients only), JSON or CSV (`Accept: text/csv`)."""
+        record = RequestRecord(request.method, web.path_of(request))
+        try:
+            await self._start()
+            caller = await self.authenticator.authenticate(request.headers)
+            if not caller.admin:
+                raise GatewayError(403, "403", "Only admin clients may read the usage of every client.")
+            today = datetime.fromtimestamp(self.clock.wall(), UTC).date()
+            first, last = usage_report.period(request.query_params, today)
+        except GatewayError as exc:
+            return web.error_response(exc, record)
+        assert self._ledger is not None
+        data = usage_report.rows(await self._ledger.usage_report(first, last))
+        if "text/csv" in request.headers.get("accept", ""):
+            return Response(usage_report.as_csv(data), 200, {"content-type": "text/csv; charset=utf-8"})
+        return Response(usage_report.as_json(first, last, data), 200, _JSON)
+
     async def not_found(self, request: Request) -> Response:
         """Every path the gateway does not serve: OpenAI's 404 shape, not the platform's plain text."""
         error = GatewayError(404, "NotFound", "Resource not found.")
@@ -401,7 +420,7 @@ class Misconfigured:
     async def handle(self, request: Request) -> Response:
         return self._answer(request)
 
-    healthz = readyz = status = not_found = handle
+    healthz = readyz = status = usage = not_found = handle
 
     async def probe(self) -> None:
         return None
