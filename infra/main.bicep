@@ -124,7 +124,7 @@ param gatewayKeyRefreshSeconds string = ''
 @description('Seconds between ledger flushes to Table Storage; empty keeps the gateway default (1).')
 param gatewayLedgerFlushSeconds string = ''
 
-@description('Seconds between reads of the other instances ledger rows; empty keeps the gateway default (1).')
+@description('Seconds between reads of the ledger rows of the other instances; empty keeps the gateway default (1).')
 param gatewayLedgerReadSeconds string = ''
 
 @description('Seconds the probe results from Table Storage are cached; empty keeps the gateway default (5).')
