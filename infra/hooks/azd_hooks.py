@@ -178,7 +178,9 @@ def new_salt(env: Mapping[str, str]) -> str | None:
 
 
 def azd_env_set(name: str, value: str) -> None:
-    subprocess.run(["azd", "env", "set", name, value], check=True)
+    """`azd env set` in the environment azd runs the hook for (`azd up -e <name>` need not be the default one)."""
+    target = ["--environment", os.environ["AZURE_ENV_NAME"]] if os.environ.get("AZURE_ENV_NAME") else []
+    subprocess.run(["azd", "env", "set", name, value, *target], check=True)
 
 
 def preprovision(env: Mapping[str, str], set_value: Callable[[str, str], None]) -> int:

@@ -146,11 +146,13 @@ def test_the_script_runs_as_azd_runs_it(tmp_path: Path) -> None:
 
     accepted = subprocess.run(
         [sys.executable, str(HOOK), "preprovision"],
-        env={**base, **SERVABLE},
+        env={**base, **SERVABLE, "AZURE_ENV_NAME": "aoai-gw-prod"},
         capture_output=True,
         text=True,
         check=False,
     )
     assert accepted.returncode == 0, accepted.stderr
     (call,) = record.read_text().splitlines()
-    assert call.startswith(f"env set {SALT_SETTING} ") and len(call.split()[-1]) == 4
+    command, salt, target = call.split()[:3], call.split()[3], call.split()[4:]
+    assert command == ["env", "set", SALT_SETTING] and len(salt) == 4
+    assert target == ["--environment", "aoai-gw-prod"], "the salt must land in the environment being provisioned"
