@@ -8,7 +8,7 @@ that names a parameter or variable in its scope (or a stubbed access chain such 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any, cast
@@ -148,7 +148,7 @@ def evaluate(expr: Any, names: Mapping[str, Any]) -> Any:
         if kind == "not":
             return not evaluate(operands["bool_value"], names)
         left, right = evaluate(operands.get("operand_1"), names), evaluate(operands.get("operand_2"), names)
-        binary = {
+        binary: dict[str, Callable[[], Any]] = {
             "and": lambda: left and right,
             "or": lambda: left or right,
             "equals": lambda: left == right,
@@ -160,7 +160,7 @@ def evaluate(expr: Any, names: Mapping[str, Any]) -> Any:
     if "function" in expr:
         call = expr["function"]
         args = [evaluate(value, names) for value in call["parameters"].values()]
-        functions = {
+        functions: dict[str, Callable[[], Any]] = {
             "concat": lambda: [item for arg in args for item in arg],
             "empty": lambda: not args[0],
             "contains": lambda: args[1] in args[0],

@@ -877,7 +877,7 @@ def test_every_parameter_azd_can_set_is_documented_in_the_readme() -> None:
     readme = (REPO / "README.md").read_text()
     table = readme[readme.index("### Parameters") :]
     table = table[: table.index("\n\n", table.index("| --- |"))]
-    rows = {}
+    rows: dict[str, str] = {}
     for line in table.splitlines()[2:]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         envs, params = re.findall(r"`([A-Z0-9_]+)`", cells[0]), re.findall(r"`([a-zA-Z0-9]+)`", cells[1])
