@@ -1,17 +1,24 @@
-# Sourced by run.sh and test.sh: installs what the project needs on a fresh machine, once.
+# Sourced by run.sh and test.sh: installs what the project needs on a fresh machine, once, and says what it is
+# doing while it does (pip and npm print their own progress).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv (Python $(python3 -c 'import sys; print(sys.version.split()[0])'))"
   python3 -m venv .venv
 fi
-stamp=".venv/.installed-$(cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)"
+# One lock for local runs, tests and CI: requirements-dev.txt pins every package (the runtime ones at the versions
+# requirements.txt gives Azure) with hashes, so pip installs exactly the tested files or nothing.
+stamp=".venv/.installed-$(sha1sum requirements-dev.txt | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-  echo "[setup] installing Python packages from requirements-dev.txt (first run: a few minutes)"
-  .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -q -r requirements-dev.txt
+  echo "[setup] installing $(grep -c '^[A-Za-z0-9]' requirements-dev.txt) Python packages pinned in requirements-dev.txt" \
+    "(hash-checked; first run: about a minute)"
+  .venv/bin/python -m pip install --disable-pip-version-check --require-hashes -r requirements-dev.txt
   touch "$stamp"
+  echo "[setup] Python packages installed"
 fi
 if [ ! -x node_modules/.bin/azurite-table ]; then
-  echo "[setup] installing Azurite (npm) for local Table Storage"
-  npm install --no-audit --no-fund --loglevel=error
+  echo "[setup] installing Azurite (npm ci, package-lock.json) for local Table Storage"
+  # Some of Azurite's dependencies declare Node 22; it runs on 20 (the tests use it), so those warnings are noise.
+  npm ci --no-audit --no-fund 2>&1 | sed '/npm warn EBADENGINE/d'
+  echo "[setup] Azurite installed"
 fi

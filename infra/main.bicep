@@ -8,7 +8,9 @@
 // would be invisible to the security scan and to the structural tests. The resources are small, so
 // the AVM wrappers would add little; each module names its AVM equivalent for a later switch.
 // pycep-parser knows a subset of Bicep (no map/reduce/toObject lambdas, no user-defined types, no
-// spread operator, no multi-line function calls), and these templates stay inside it.
+// spread operator, no multi-line function calls, no fail()), and these templates stay inside it. What a
+// template cannot check (a configuration that could not serve anyone) is refused before provisioning by the
+// preprovision hook (infra/hooks/azd_hooks.py, see azure.yaml).
 targetScope = 'subscription'
 
 // ---------------------------------------------------------------------------------------------------
@@ -21,7 +23,40 @@ targetScope = 'subscription'
 param environmentName string
 
 @minLength(1)
-@description('Azure region of the gateway resources (must offer Flex Consumption and Application Gateway v2).')
+@description('Azure region of the gateway resources: one that offers Flex Consumption (and Application Gateway v2).')
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
 @metadata({
   azd: {
     type: 'location'
@@ -29,7 +64,7 @@ param environmentName string
 })
 param location string
 
-@description('Object id of the deploying user or principal (azd sets AZURE_PRINCIPAL_ID); gets Key Vault Secrets Officer. Empty skips it.')
+@description('Object id of the deploying user or principal (azd sets AZURE_PRINCIPAL_ID); gets Key Vault Secrets Officer on the gateway vault and Certificates Officer on the TLS vault. Empty skips it.')
 param principalId string = ''
 
 @description('Kind of principalId: User for an interactive azd user, ServicePrincipal for a pipeline.')
@@ -44,11 +79,14 @@ param principalType string = 'User'
 // Upstream Azure OpenAI resources and keyless access
 // ---------------------------------------------------------------------------------------------------
 
-@description('Resource ids of existing Azure OpenAI accounts (any resource group, subscription or region). Each gets "Cognitive Services OpenAI User" for the gateway identity and the SPN.')
+@description('Resource ids of existing Azure OpenAI accounts (any resource group, subscription or region). Each gets "Cognitive Services OpenAI User" for the gateway identity; every entra backend must be one of them.')
 param openAiResourceIds array = []
 
-@description('Object id of the service principal (enterprise application) of the seed flow; it gets "Cognitive Services OpenAI User" on every OpenAI resource. Empty skips it.')
+@description('Object id of the service principal (enterprise application) of the seed flow. Empty: no SPN role is granted.')
 param spnObjectId string = ''
+
+@description('The resources of openAiResourceIds on which the templates grant the SPN "Cognitive Services OpenAI User" (opt-in: where it already holds the role, a second assignment fails with 409 RoleAssignmentExists).')
+param spnRoleResourceIds array = []
 
 @description('Application (client) id of that SPN. When set the gateway authenticates upstream as the SPN (GATEWAY_CREDENTIAL=spn), else as its managed identity.')
 param spnClientId string = ''
@@ -59,17 +97,41 @@ param spnTenantId string = ''
 @description('Name of the Key Vault secret that holds the SPN client secret (store it after the first provision).')
 param spnSecretName string = 'gateway-spn-secret'
 
-@description('Backends of the gateway: objects {name, endpoint, deployment, logical, tpm, rpm, priority, weight}; endpoint is https://<resource>.openai.azure.com, logical is the name clients use.')
+@description('Backends of the gateway: objects {name, endpoint, deployment, logical, tpm} and optionally rpm, priority, weight, auth and probe; endpoint is https://<account>.openai.azure.com, logical is the name clients use.')
 param gatewayBackends array = []
 
-@description('Names of the gateway clients (letters, digits and dashes). Client <name> presents a key held in Key Vault secret gateway-key-<name> or gateway-key-<name>-next (both valid, for rotation); the gateway re-reads them every few minutes.')
+@description('Gateway clients: objects {name} and optionally limits, priority, admin, entra_app_ids (passed through to GATEWAY_CONFIG). Client <name> presents a key held in Key Vault secret gateway-key-<name> or gateway-key-<name>-next (both valid, for rotation).')
 param gatewayClients array = []
+
+@description('Routing tuning, passed through as GATEWAY_CONFIG "routing" (see README); empty keeps every default.')
+param gatewayRouting object = {}
 
 @description('Tenant id whose Entra ID tokens inbound callers may present; empty accepts gateway keys only.')
 param gatewayEntraTenantId string = ''
 
 @description('Audience inbound Entra ID tokens must carry (app id URI or client id); empty accepts gateway keys only.')
 param gatewayEntraAudience string = ''
+
+@description('App role inbound Entra ID tokens must carry; empty requires none.')
+param gatewayEntraRequiredRole string = ''
+
+@description('Client (a gatewayClients name) that Entra ID applications listed in no entra_app_ids act as; empty refuses their tokens (403).')
+param gatewayEntraDefaultClient string = ''
+
+@description('Seconds between re-reads of the client keys from Key Vault; empty keeps the gateway default (300).')
+param gatewayKeyRefreshSeconds string = ''
+
+@description('Seconds between ledger flushes to Table Storage; empty keeps the gateway default (1).')
+param gatewayLedgerFlushSeconds string = ''
+
+@description('Seconds between reads of the ledger rows of the other instances; empty keeps the gateway default (1).')
+param gatewayLedgerReadSeconds string = ''
+
+@description('Seconds the probe results from Table Storage are cached; empty keeps the gateway default (5).')
+param gatewayHealthCacheSeconds string = ''
+
+@description('OTLP/HTTP endpoint that also receives the gateway telemetry (OTEL_EXPORTER_OTLP_ENDPOINT); empty sends it to Application Insights only.')
+param otlpEndpoint string = ''
 
 @description('NCRONTAB schedule (six fields, with seconds) of the timer function that probes every backend.')
 param healthProbeSchedule string = '*/30 * * * * *'
@@ -106,18 +168,24 @@ param demoCapacity int = 10
 @description('DNS label of the gateway public IP (<label>.<region>.cloudapp.azure.com); empty derives one from the resource token.')
 param appGatewayDnsLabel string = ''
 
-@description('Key Vault secret id of the TLS certificate for the HTTPS listener; empty serves HTTP on port 80 only.')
-param appGatewayCertificateSecretId string = ''
+@description('Name of the TLS certificate in the TLS vault (AZURE_TLS_KEY_VAULT_NAME), imported after a first provision; empty serves HTTP on port 80 only.')
+param appGatewayCertificateName string = ''
+
+@description('DNS name the certificate is for (a CNAME to GATEWAY_DNS_NAME); GATEWAY_URL uses it. Empty: the gateway DNS name.')
+param appGatewayHostName string = ''
+
+@description('With a certificate, also listen on port 80 and redirect to HTTPS (the first request, key included, crosses in clear text).')
+param appGatewayAllowHttp bool = false
 
 @description('Use WAF_v2 with an OWASP 3.2 policy instead of Standard_v2.')
 param appGatewayEnableWaf bool = false
 
-@description('WAF mode when the WAF is on.')
+@description('WAF mode when the WAF is on: Detection logs (the default: prompts with code or SQL trip OWASP rules), Prevention blocks.')
 @allowed([
   'Detection'
   'Prevention'
 ])
-param appGatewayWafMode string = 'Prevention'
+param appGatewayWafMode string = 'Detection'
 
 @description('Seconds the gateway waits for the Function App; long enough for streamed answers.')
 @minValue(30)
@@ -182,6 +250,13 @@ param logAnalyticsRetentionInDays int = 30
 @maxValue(90)
 param keyVaultSoftDeleteRetentionInDays int = 90
 
+@description('Suffix of the Key Vault names, set by the preprovision hook and cleared by azd down: a purge-protected vault keeps its name reserved after deletion, so a new deployment needs new names.')
+@maxLength(4)
+param keyVaultSalt string = ''
+
+@description('E-mail address that receives the gateway alerts (every host of a deployment cooling down, panic routing); empty creates no action group.')
+param alertEmail string = ''
+
 // ---------------------------------------------------------------------------------------------------
 // Names
 // ---------------------------------------------------------------------------------------------------
@@ -193,7 +268,10 @@ var tags = {
 }
 var functionAppName = '${abbrs.functionApp}api-${resourceToken}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}'
-var hasCertificate = !empty(appGatewayCertificateSecretId)
+var hasCertificate = !empty(appGatewayCertificateName)
+// Port 80 is the only listener without a certificate; with one it is off unless allowed (then it redirects).
+// Parenthesised: pycep-parser, which checkov and the tests use, reads `!a || b` as `!(a || b)`.
+var servesHttp = (!hasCertificate) || appGatewayAllowHttp
 var useSpn = !empty(spnClientId)
 
 // Demo accounts: the endpoint follows from the custom subdomain, which is the account name.
@@ -204,19 +282,8 @@ var demoBackends = [for region in demoRegions: {
   deployment: demoModelName
   logical: demoModelName
   tpm: demoCapacity * 1000
-  rpm: demoCapacity * 6
   priority: 1
   weight: 1
-}]
-
-// Each client's keys are two Key Vault secrets (both valid at once, so a key rotates without downtime),
-// read by name with the Function's managed identity and re-read while it runs: no app setting, no restart.
-var gatewayClientEntries = [for client in gatewayClients: {
-  name: client
-  key_secrets: [
-    'gateway-key-${client}'
-    'gateway-key-${client}-next'
-  ]
 }]
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -263,19 +330,38 @@ module storage 'app/storage.bicep' = {
   }
 }
 
+// One vault per reader, each identity reading only its own vault (Learn's Key Vault RBAC guidance: a vault per
+// application, roles at vault scope): the gateway vault holds the client keys and the SPN secret, which the
+// Function reads; the TLS vault holds the certificate, which the Application Gateway reads. Both roles exist
+// from the first provision on, long before a certificate is configured (role propagation takes minutes).
 module keyVault 'app/keyvault.bicep' = {
   name: 'keyvault'
   scope: rg
   params: {
-    name: '${abbrs.keyVault}${resourceToken}'
+    name: '${abbrs.keyVault}${resourceToken}${keyVaultSalt}'
     location: location
     tags: tags
     softDeleteRetentionInDays: keyVaultSoftDeleteRetentionInDays
-    functionPrincipalId: identity.outputs.apiPrincipalId
+    readerPrincipalId: identity.outputs.apiPrincipalId
     principalId: principalId
     principalType: principalType
-    gatewayPrincipalId: identity.outputs.gatewayPrincipalId
-    grantGatewayAccess: hasCertificate
+    principalRole: 'secrets'
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+  }
+}
+
+module tlsKeyVault 'app/keyvault.bicep' = {
+  name: 'keyvault-tls'
+  scope: rg
+  params: {
+    name: take('${abbrs.keyVault}tls-${resourceToken}${keyVaultSalt}', 24)
+    location: location
+    tags: tags
+    softDeleteRetentionInDays: keyVaultSoftDeleteRetentionInDays
+    readerPrincipalId: identity.outputs.gatewayPrincipalId
+    principalId: principalId
+    principalType: principalType
+    principalRole: 'certificates'
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
   }
 }
@@ -291,11 +377,17 @@ module network 'app/network.bicep' = {
     vnetAddressPrefix: vnetAddressPrefix
     appGatewaySubnetPrefix: appGatewaySubnetPrefix
     allowedClientSourcePrefix: allowedClientSourcePrefix
+    clientPorts: concat(servesHttp ? [
+      '80'
+    ] : [], hasCertificate ? [
+      '443'
+    ] : [])
   }
 }
 
 // Keyless access to every existing OpenAI resource, at the resource's own scope (any subscription).
 // Resource id: /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.CognitiveServices/accounts/<name>
+// The SPN's role only where asked for: the seed's SPN usually holds it already.
 module openAiAccess 'app/openai-rbac.bicep' = [for openAiResourceId in openAiResourceIds: {
   name: take('openai-rbac-${resourceToken}-${uniqueString(openAiResourceId)}', 64)
   scope: resourceGroup(split(openAiResourceId, '/')[2], split(openAiResourceId, '/')[4])
@@ -303,6 +395,7 @@ module openAiAccess 'app/openai-rbac.bicep' = [for openAiResourceId in openAiRes
     accountName: split(openAiResourceId, '/')[8]
     functionPrincipalId: identity.outputs.apiPrincipalId
     spnObjectId: spnObjectId
+    grantSpn: contains(spnRoleResourceIds, openAiResourceId)
   }
 }]
 
@@ -319,6 +412,7 @@ module demoOpenAi 'app/openai-demo.bicep' = [for region in demoRegions: {
     skuName: demoDeploymentSku
     capacity: demoCapacity
     functionPrincipalId: identity.outputs.apiPrincipalId
+    // New accounts: no earlier assignment can conflict.
     spnObjectId: spnObjectId
   }
 }]
@@ -328,15 +422,20 @@ module gatewayConfig 'app/gateway-config.bicep' = {
   scope: rg
   params: {
     backends: concat(gatewayBackends, demoBackends)
-    clients: gatewayClientEntries
+    clients: gatewayClients
   }
 }
 
-// GATEWAY_CONFIG = {"deployments": {"<logical>": [<host>, ...], ...}, "clients": [...]}
-var gatewayConfigJson = string({
+// GATEWAY_CONFIG = {"deployments": {"<logical>": [<host>, ...], ...}, "clients": [...], "routing": {...}}
+// and "entra_default_client" when set.
+var gatewayConfigDocument = union({
   deployments: json('{${join(gatewayConfig.outputs.deploymentEntries, ', ')}}')
   clients: gatewayConfig.outputs.clients
+  routing: gatewayRouting
+}, empty(gatewayEntraDefaultClient) ? {} : {
+  entra_default_client: gatewayEntraDefaultClient
 })
+var gatewayConfigJson = string(gatewayConfigDocument)
 
 module functionApp 'app/function.bicep' = {
   name: 'function'
@@ -359,7 +458,13 @@ module functionApp 'app/function.bicep' = {
     spnSecretName: spnSecretName
     entraTenantId: gatewayEntraTenantId
     entraAudience: gatewayEntraAudience
+    entraRequiredRole: gatewayEntraRequiredRole
     healthProbeSchedule: healthProbeSchedule
+    keyRefreshSeconds: gatewayKeyRefreshSeconds
+    ledgerFlushSeconds: gatewayLedgerFlushSeconds
+    ledgerReadSeconds: gatewayLedgerReadSeconds
+    healthCacheSeconds: gatewayHealthCacheSeconds
+    otlpEndpoint: otlpEndpoint
     maximumInstanceCount: functionMaximumInstanceCount
     instanceMemoryMB: functionInstanceMemoryMB
     alwaysReadyInstances: functionAlwaysReadyInstances
@@ -380,7 +485,9 @@ module appGateway 'app/appgateway.bicep' = {
     functionAppHostName: functionApp.outputs.defaultHostName
     dnsLabel: empty(appGatewayDnsLabel) ? 'aoai-gateway-${resourceToken}' : appGatewayDnsLabel
     identityId: identity.outputs.gatewayIdentityId
-    certificateSecretId: appGatewayCertificateSecretId
+    // Versionless: the gateway picks up renewals of the certificate by itself.
+    certificateSecretId: hasCertificate ? '${tlsKeyVault.outputs.uri}secrets/${appGatewayCertificateName}' : ''
+    serveHttp: servesHttp
     enableWaf: appGatewayEnableWaf
     wafMode: appGatewayWafMode
     requestTimeoutSeconds: appGatewayRequestTimeoutSeconds
@@ -389,21 +496,37 @@ module appGateway 'app/appgateway.bicep' = {
     zones: appGatewayZones
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
   }
-  // The certificate's Key Vault role must exist before the gateway fetches the certificate.
-  dependsOn: [
-    keyVault
-  ]
 }
+
+module observability 'app/observability.bicep' = {
+  name: 'observability'
+  scope: rg
+  params: {
+    workbookName: guid(rg.id, 'aoai-gateway-workbook')
+    actionGroupName: '${abbrs.actionGroup}${resourceToken}'
+    location: location
+    tags: tags
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+    alertEmail: alertEmail
+  }
+}
+
+// The URL apps call: the certificate's host name when one is configured.
+var gatewayScheme = hasCertificate ? 'https' : 'http'
+var gatewayHost = empty(appGatewayHostName) ? appGateway.outputs.fqdn : appGatewayHostName
 
 output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = tenant().tenantId
 output AZURE_RESOURCE_GROUP string = rg.name
 output GATEWAY_DNS_NAME string = appGateway.outputs.fqdn
-output GATEWAY_URL string = '${hasCertificate ? 'https' : 'http'}://${appGateway.outputs.fqdn}'
+output GATEWAY_URL string = '${gatewayScheme}://${gatewayHost}'
 output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output AZURE_KEY_VAULT_URI string = keyVault.outputs.uri
+output AZURE_TLS_KEY_VAULT_NAME string = tlsKeyVault.outputs.name
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output GATEWAY_TABLE_ENDPOINT string = storage.outputs.tableEndpoint
 output AZURE_MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.apiClientId
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
+output AZURE_LOG_ANALYTICS_WORKSPACE_ID string = monitoring.outputs.logAnalyticsWorkspaceId
+output GATEWAY_WORKBOOK_ID string = observability.outputs.workbookId

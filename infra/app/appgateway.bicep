@@ -1,7 +1,8 @@
 // Application Gateway v2 in front of the Function App: public IP with a DNS label
-// (<label>.<region>.cloudapp.azure.com, the name apps call), HTTP listener on 80, optional HTTPS
-// listener on 443 with a Key Vault certificate, one backend (the Function App's default host name)
-// with a /healthz probe, and an optional WAF policy (WAF_v2).
+// (<label>.<region>.cloudapp.azure.com, the name apps call), an HTTPS listener on 443 with a Key Vault
+// certificate or, without one, an HTTP listener on 80 (gateway keys then cross the network in clear text),
+// one backend (the Function App's default host name) with a liveness probe on /healthz, and an optional WAF
+// policy (WAF_v2).
 
 @description('Name of the Application Gateway.')
 param name string
@@ -32,18 +33,21 @@ param dnsLabel string
 @description('Resource id of the gateway user-assigned identity (reads the TLS certificate from Key Vault).')
 param identityId string
 
-@description('Key Vault secret id of the TLS certificate (https://<vault>.vault.azure.net/secrets/<name>); empty serves plain HTTP only.')
+@description('Versionless Key Vault secret id of the TLS certificate (https://<vault>.vault.azure.net/secrets/<name>); empty serves plain HTTP only.')
 param certificateSecretId string = ''
+
+@description('Listen on port 80: required without a certificate; with one, port 80 only redirects to HTTPS.')
+param serveHttp bool = true
 
 @description('Use the WAF_v2 SKU with an OWASP 3.2 policy instead of Standard_v2.')
 param enableWaf bool = false
 
-@description('WAF mode: Detection only logs, Prevention blocks.')
+@description('WAF mode: Detection only logs (the default), Prevention blocks.')
 @allowed([
   'Detection'
   'Prevention'
 ])
-param wafMode string = 'Prevention'
+param wafMode string = 'Detection'
 
 @description('Seconds the gateway waits for the backend. 230 s matches the Functions HTTP front-end limit, enough for long streamed answers.')
 @minValue(30)
@@ -67,6 +71,7 @@ param zones array = []
 param logAnalyticsWorkspaceId string
 
 var hasCertificate = !empty(certificateSecretId)
+var redirectsHttp = hasCertificate && serveHttp
 var skuName = enableWaf ? 'WAF_v2' : 'Standard_v2'
 var gatewayId = resourceId('Microsoft.Network/applicationGateways', name)
 
@@ -135,8 +140,8 @@ var forwardRule = {
     }
   }
 }
-// With a certificate, port 80 only redirects. 307 keeps the method and body (301 would turn a POST
-// into a GET). Clients should still call https directly: the key was already sent before the redirect.
+// With a certificate and serveHttp, port 80 only redirects. 307 keeps the method and body (301 would turn a
+// POST into a GET). Clients should still call https directly: the key was already sent before the redirect.
 var redirectRule = {
   name: 'http-to-https'
   properties: {
@@ -203,7 +208,7 @@ resource wafPolicy 'Microsoft.Network/ApplicationGatewayWebApplicationFirewallPo
 }
 
 resource applicationGateway 'Microsoft.Network/applicationGateways@2024-05-01' = {
-  //checkov:skip=CKV_AZURE_218: the HTTP listener is the only listener until a TLS certificate is configured (certificateSecretId); then port 80 only redirects.
+  //checkov:skip=CKV_AZURE_218: the HTTP listener is the only listener until a TLS certificate is configured (certificateSecretId); then port 80 is off, or only redirects when serveHttp is set.
   name: name
   location: location
   tags: tags
@@ -257,12 +262,11 @@ resource applicationGateway 'Microsoft.Network/applicationGateways@2024-05-01' =
         }
       }
     ]
-    frontendPorts: hasCertificate ? [
+    frontendPorts: concat(serveHttp ? [
       port80
+    ] : [], hasCertificate ? [
       port443
-    ] : [
-      port80
-    ]
+    ] : [])
     sslCertificates: hasCertificate ? [
       {
         name: 'gateway-certificate'
@@ -319,13 +323,12 @@ resource applicationGateway 'Microsoft.Network/applicationGateways@2024-05-01' =
         }
       }
     ]
-    httpListeners: hasCertificate ? [
+    httpListeners: concat(serveHttp ? [
       httpListener
+    ] : [], hasCertificate ? [
       httpsListener
-    ] : [
-      httpListener
-    ]
-    redirectConfigurations: hasCertificate ? [
+    ] : [])
+    redirectConfigurations: redirectsHttp ? [
       {
         name: 'http-to-https'
         properties: {
@@ -338,12 +341,11 @@ resource applicationGateway 'Microsoft.Network/applicationGateways@2024-05-01' =
         }
       }
     ] : []
-    requestRoutingRules: hasCertificate ? [
+    requestRoutingRules: concat([
       forwardRule
+    ], redirectsHttp ? [
       redirectRule
-    ] : [
-      forwardRule
-    ]
+    ] : [])
   }
 }
 

@@ -53,8 +53,26 @@ param entraTenantId string = ''
 @description('Audience (app id URI or client id) inbound Entra ID tokens must carry; empty accepts gateway keys only.')
 param entraAudience string = ''
 
+@description('App role inbound Entra ID tokens must carry; empty requires none.')
+param entraRequiredRole string = ''
+
 @description('NCRONTAB schedule (six fields, with seconds) of the health-probe timer function.')
 param healthProbeSchedule string = '*/30 * * * * *'
+
+@description('GATEWAY_KEY_REFRESH_SECONDS; empty leaves it unset (the gateway default).')
+param keyRefreshSeconds string = ''
+
+@description('GATEWAY_LEDGER_FLUSH_SECONDS; empty leaves it unset (the gateway default).')
+param ledgerFlushSeconds string = ''
+
+@description('GATEWAY_LEDGER_READ_SECONDS; empty leaves it unset (the gateway default).')
+param ledgerReadSeconds string = ''
+
+@description('GATEWAY_HEALTH_CACHE_SECONDS; empty leaves it unset (the gateway default).')
+param healthCacheSeconds string = ''
+
+@description('OTLP/HTTP endpoint for the gateway telemetry (OTEL_EXPORTER_OTLP_ENDPOINT); empty leaves it unset (off).')
+param otlpEndpoint string = ''
 
 @description('Most instances the app may scale out to.')
 @minValue(1)
@@ -170,6 +188,37 @@ var baseSettings = [
   }
 ]
 
+// Set only when given: an absent setting keeps the gateway's own default (an empty one would be invalid).
+var optionalSettings = [
+  {
+    name: 'GATEWAY_ENTRA_REQUIRED_ROLE'
+    value: entraRequiredRole
+  }
+  {
+    name: 'GATEWAY_KEY_REFRESH_SECONDS'
+    value: keyRefreshSeconds
+  }
+  {
+    name: 'GATEWAY_LEDGER_FLUSH_SECONDS'
+    value: ledgerFlushSeconds
+  }
+  {
+    name: 'GATEWAY_LEDGER_READ_SECONDS'
+    value: ledgerReadSeconds
+  }
+  {
+    name: 'GATEWAY_HEALTH_CACHE_SECONDS'
+    value: healthCacheSeconds
+  }
+  {
+    name: 'OTEL_EXPORTER_OTLP_ENDPOINT'
+    value: otlpEndpoint
+  }
+]
+
+// The whole list on every provision: ARM replaces appSettings, so nothing set by hand survives.
+var appSettings = concat(baseSettings, filter(optionalSettings, setting => !empty(setting.value)))
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   //checkov:skip=CKV_AZURE_225: Flex Consumption places instances itself; zone redundancy exists only in some regions and needs always-ready instances to matter.
   name: planName
@@ -189,7 +238,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   //checkov:skip=CKV_AZURE_17: no client certificates: the Application Gateway is the only allowed caller (access restriction on its subnet).
   //checkov:skip=CKV_AZURE_222: the Application Gateway reaches the app on its public endpoint via a service endpoint; the access restriction denies every other network.
   //checkov:skip=CKV_AZURE_212: Flex Consumption scales to zero by design; set functionAlwaysReadyInstances for warm instances.
-  //checkov:skip=CKV_AZURE_213: the Application Gateway probes /healthz; /healthz reports upstream health, so App Service health check would recycle healthy instances during a regional outage.
+  //checkov:skip=CKV_AZURE_78: Flex Consumption rejects siteConfig.ftpsState (Learn: Flex Consumption plan deprecations); FTP is off through the ftp basicPublishingCredentialsPolicies below.
+  //checkov:skip=CKV_AZURE_213: the Application Gateway probes the liveness endpoint /healthz; an App Service health check would add a second prober that recycles instances the gateway still uses to answer clear OpenAI-shaped errors.
   name: name
   location: location
   tags: union(tags, {
@@ -207,9 +257,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     httpsOnly: true
     // The balancer spreads load itself; an ARR affinity cookie would pin callers to one instance.
     clientAffinityEnabled: false
+    // Flex Consumption rejects the siteConfig properties Learn lists as deprecated for it (ftpsState among
+    // them); FTP is off through the ftp publishing-credentials policy below.
     siteConfig: {
       minTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
       // Only the Application Gateway subnet (Microsoft.Web service endpoint) may call the app.
       ipSecurityRestrictionsDefaultAction: 'Deny'
@@ -226,7 +277,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       // Entra ID tokens only (basic publishing credentials are disabled below).
       scmIpSecurityRestrictionsUseMain: false
       scmIpSecurityRestrictionsDefaultAction: 'Allow'
-      appSettings: baseSettings
+      appSettings: appSettings
     }
     functionAppConfig: {
       deployment: {

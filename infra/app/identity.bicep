@@ -1,9 +1,10 @@
 // User-assigned managed identities.
-// - api: the Function App's identity. It reads host storage, the gateway tables, Key Vault secrets
-//   (SPN secret, gateway keys, Key Vault references) and calls every Azure OpenAI resource with an
-//   Entra ID token ("Cognitive Services OpenAI User"). AZURE_CLIENT_ID names it to DefaultAzureCredential.
-// - gateway: the Application Gateway's identity, used only to read its TLS certificate from Key Vault.
-//   It is free and always created, so a certificate can be added later without replacing the gateway.
+// - api: the Function App's identity. It reads host storage, the gateway tables, the secrets of the
+//   gateway vault (SPN secret, gateway keys) and calls every Azure OpenAI resource with an Entra ID token
+//   ("Cognitive Services OpenAI User"). AZURE_CLIENT_ID names it to DefaultAzureCredential.
+// - gateway: the Application Gateway's identity, used only to read its TLS certificate from the TLS vault.
+//   It is free and always created, with its role, so a certificate can be added later without replacing
+//   the gateway or waiting for a role to propagate.
 // (AVM equivalent: br/public:avm/res/managed-identity/user-assigned-identity.)
 
 @description('Name of the Function App identity.')

@@ -1,8 +1,9 @@
-// Key Vault for the gateway's secrets: the SPN client secret (the seed's flow), the gateway client keys
-// (secrets gateway-key-<client> and gateway-key-<client>-next, both valid at once; the Function reads
-// them by name with its managed identity and re-reads them every few minutes, so a rotation needs no
-// restart) and optionally the Application Gateway's TLS certificate. Access is Azure RBAC only (no
-// access policies).
+// A Key Vault (Azure RBAC only, soft delete + purge protection, audit log) with exactly one reader: main.bicep
+// deploys one for the Function's secrets (gateway keys gateway-key-<client> / -next, read by name and re-read
+// while it runs, and the SPN client secret) and one for the Application Gateway's TLS certificate. Each reader
+// gets "Key Vault Secrets User" on its own vault only (a certificate's private key is read as a secret); the
+// deploying principal gets the officer role it needs to put things in: Secrets Officer for `az keyvault secret
+// set`, Certificates Officer for `az keyvault certificate import`.
 // (AVM equivalent: br/public:avm/res/key-vault/vault.)
 
 @description('Name of the Key Vault (3-24 characters).')
@@ -21,10 +22,10 @@ param tags object = {}
 @maxValue(90)
 param softDeleteRetentionInDays int = 90
 
-@description('Principal id of the Function App identity (gets Key Vault Secrets User to read the SPN secret and the gateway keys).')
-param functionPrincipalId string
+@description('Principal id of the one identity that reads this vault (gets Key Vault Secrets User here).')
+param readerPrincipalId string
 
-@description('Object id of the deploying user or principal (gets Key Vault Secrets Officer to store the SPN secret and gateway keys). Empty skips it.')
+@description('Object id of the deploying user or principal (gets the officer role of principalRole). Empty skips it.')
 param principalId string = ''
 
 @description('Kind of principalId.')
@@ -35,18 +36,23 @@ param principalId string = ''
 ])
 param principalType string = 'User'
 
-@description('Principal id of the Application Gateway identity (gets Key Vault Secrets User to read its TLS certificate).')
-param gatewayPrincipalId string
-
-@description('True when the Application Gateway reads a TLS certificate from this vault.')
-param grantGatewayAccess bool = false
+@description('What the deploying principal stores here: secrets (Key Vault Secrets Officer) or certificates (Key Vault Certificates Officer).')
+@allowed([
+  'secrets'
+  'certificates'
+])
+param principalRole string
 
 @description('Resource id of the Log Analytics workspace that receives the vault audit log.')
 param logAnalyticsWorkspaceId string
 
 // Built-in roles.
 var secretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6'
-var secretsOfficerRoleId = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
+var officerRoleIds = {
+  secrets: 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
+  certificates: 'a4417e6f-fecd-4de8-b567-7b0420556985'
+}
+var officerRoleId = officerRoleIds[principalRole]
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   //checkov:skip=CKV_AZURE_109: the Flex Consumption app (no VNet integration) reads its secrets at runtime and the Application Gateway fetches its certificate, so the vault must be reachable; access is RBAC-only and audited.
@@ -72,31 +78,21 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   }
 }
 
-resource functionSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(vault.id, functionPrincipalId, secretsUserRoleId)
+resource readerSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, readerPrincipalId, secretsUserRoleId)
   scope: vault
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', secretsUserRoleId)
-    principalId: functionPrincipalId
+    principalId: readerPrincipalId
     principalType: 'ServicePrincipal'
   }
 }
 
-resource gatewaySecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (grantGatewayAccess) {
-  name: guid(vault.id, gatewayPrincipalId, secretsUserRoleId)
+resource principalOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(principalId)) {
+  name: guid(vault.id, principalId, officerRoleId)
   scope: vault
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', secretsUserRoleId)
-    principalId: gatewayPrincipalId
-    principalType: 'ServicePrincipal'
-  }
-}
-
-resource principalSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(principalId)) {
-  name: guid(vault.id, principalId, secretsOfficerRoleId)
-  scope: vault
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', secretsOfficerRoleId)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', officerRoleId)
     principalId: principalId
     principalType: principalType
   }

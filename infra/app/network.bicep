@@ -20,13 +20,16 @@ param vnetAddressPrefix string = '10.40.0.0/16'
 @description('Address prefix of the Application Gateway subnet (a /24 leaves room to scale out).')
 param appGatewaySubnetPrefix string = '10.40.0.0/24'
 
-@description('Who may call the gateway on ports 80/443: a service tag (Internet) or a CIDR such as your corporate egress range.')
+@description('Who may call the gateway on its listener ports: a service tag (Internet) or a CIDR such as your corporate egress range.')
 param allowedClientSourcePrefix string = 'Internet'
+
+@description('The Application Gateway listener ports clients may reach (80 and/or 443); nothing else is open to them.')
+param clientPorts array
 
 var appGatewaySubnetName = 'snet-appgw'
 
 resource nsg 'Microsoft.Network/networkSecurityGroups@2024-05-01' = {
-  //checkov:skip=CKV_AZURE_160: port 80 is the gateway's listener until a TLS certificate is configured; with one it only redirects to 443. Narrow allowedClientSourcePrefix to restrict callers.
+  //checkov:skip=CKV_AZURE_160: port 80 is open only while it is a listener: without a TLS certificate, or with one and allowHttp (then it only redirects to 443). Narrow allowedClientSourcePrefix to restrict callers.
   name: nsgName
   location: location
   tags: tags
@@ -69,10 +72,7 @@ resource nsg 'Microsoft.Network/networkSecurityGroups@2024-05-01' = {
           sourceAddressPrefix: allowedClientSourcePrefix
           sourcePortRange: '*'
           destinationAddressPrefix: '*'
-          destinationPortRanges: [
-            '80'
-            '443'
-          ]
+          destinationPortRanges: clientPorts
         }
       }
     ]
