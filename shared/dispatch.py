@@ -30,6 +30,7 @@ from shared.ledger import Ledger, Reservation, TokenUsage
 from shared.outcome import Breakage, Verdict, counts_against_host, judge, retryable, upstream_charged
 from shared.outgoing import Outgoing, client_headers
 from shared.placement import Placement, Plan
+from shared.priority import Reserve
 from shared.record import RequestRecord
 from shared.upstream import Broken, CredentialUnavailable, Upstream
 
@@ -108,6 +109,8 @@ class Dispatcher:
         self._placement = placement
         self._clock = clock
         self._rng = rng
+        self._reserve = Reserve(clock, routing.window_seconds)
+        self._reserve_wait = routing.request_window_seconds / 20  # re-check the reserve this often while waiting
         self.in_flight = 0
 
     async def dispatch(self, inbound: Inbound, plan: Plan, admission: Admission, record: RequestRecord) -> Outgoing:
@@ -171,15 +174,28 @@ class Dispatcher:
             ]
             if not candidates:
                 raise self._exhausted(plan, inbound, admission, attempts)
-            choice = balancer.pick(candidates, self._rng)
+            above = self._above_reserve(plan, inbound, admission, candidates)
+            choice = balancer.pick(candidates, self._rng) if above else None
             if choice is not None:
                 self._note_panic(plan, choice.panic)
                 return choice.host
-            wait = balancer.soonest(candidates)
+            wait = balancer.soonest(candidates) if above else self._reserve_wait
             budget_left = min(start + self.routing.wait_budget_seconds, deadline) - self._clock.now()
             if wait > budget_left:
                 raise self._exhausted(plan, inbound, admission, attempts)
             await self._clock.sleep(wait)
+
+    def _above_reserve(
+        self, plan: Plan, inbound: Inbound, admission: Admission, candidates: list[Candidate]
+    ) -> bool:
+        """Does a low-priority request fit above the reserve kept for the others (priority.py)? Judged over the
+        deployment's hosts together, so that normal traffic squeezed off one host still finds room on another."""
+        if not admission.reserve or not inbound.metered:
+            return True
+        ready = [c for c in candidates if c.ready_in == 0.0]
+        free = sum(max(0.0, c.free_fraction) * c.host.tpm for c in ready)
+        quota = sum(c.host.tpm for c in ready)
+        return free - self._reserve.tokens(plan.deployment or "", quota, admission.reserve) >= inbound.cost
 
     def candidate(self, host: Host, inbound: Inbound, reserve: float = 0.0) -> Candidate:
         key = host.key
@@ -188,17 +204,16 @@ class Dispatcher:
             return Candidate(host, 1.0, True, 0.0, self._health.ready_in(key, None), probe_down)
         cost = inbound.cost
         free_tokens, free_requests = self.ledger.headroom(key, host.tpm, host.rpm)
-        # A low-priority request sees only what is left above the reserve kept for the others.
-        reserve_tokens = reserve * host.tpm
+        # A low-priority request leaves part of each host's request window too (its tokens: _above_reserve).
         reserve_requests = reserve * host.rpm * self.routing.request_window_seconds / 60.0
-        fits = cost <= host.tpm and free_tokens - reserve_tokens >= cost and free_requests - reserve_requests >= 1
+        fits = cost <= host.tpm and free_tokens >= cost and free_requests - reserve_requests >= 1
         if fits:
             fits_in = 0.0
         elif cost > host.tpm:
             fits_in = math.inf
         else:
             # Only a host without room needs the (costlier) time to recovery: keep the hot path short.
-            fits_in = self.ledger.seconds_until(key, cost + math.ceil(reserve_tokens), host.tpm, host.rpm)
+            fits_in = self.ledger.seconds_until(key, cost, host.tpm, host.rpm)
         return Candidate(
             host,
             free_tokens / host.tpm,
@@ -291,6 +306,8 @@ class Dispatcher:
             return None
         reservation = None
         if inbound.metered:
+            if not admission.reserve:
+                self._reserve.normal(plan.deployment or "", inbound.cost)
             reservation = self.ledger.reserve(
                 (host.key, *admission.windows),
                 inbound.cost,

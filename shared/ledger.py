@@ -53,6 +53,7 @@ class Reservation:
     client: str
     deployment: str
     marks: tuple[float, float] = (0.0, 0.0)  # the host's cumulative (tokens, requests) just after this one
+    expired: tuple[float, float] = (0.0, 0.0)  # what had left the host's windows (tokens, requests) by then
     state: str = "open"  # open -> settled | released
     slot: int = 0  # the shared ledger's time slot that carries it
 
@@ -222,7 +223,11 @@ class LocalLedger:
             book.open_tokens += tokens
         host = self._book(keys[0])
         marks = (host.reserved_tokens, host.reserved_requests)
-        return Reservation(keys, tokens, min(prompt, tokens), now, client, deployment, marks)
+        # Bring expiry up to date first: a hint answered for this request is loosened only by what expires later.
+        host.tokens.total(now - host.token_margin.at(now))
+        host.requests.total(now - host.request_margin.at(now))
+        expired = (host.tokens.expired_total, host.requests.expired_total)
+        return Reservation(keys, tokens, min(prompt, tokens), now, client, deployment, marks, expired)
 
     def settle(self, reservation: Reservation, used: TokenUsage | None) -> None:
         if reservation.state != "open":
@@ -265,14 +270,15 @@ class LocalLedger:
             host.request_hint.mark -= 1
 
     def observe(self, reservation: Reservation, remaining_tokens: int | None, remaining_requests: int | None) -> None:
+        """The host said what it had left when it admitted this request: roughly when it was reserved here, so
+        what has left the window since then (not since the answer, which may be minutes later) loosens it."""
         book = self._book(reservation.host_key)
-        now = self._clock.now()
         if remaining_tokens is not None:
-            hint = _Hint(remaining_tokens, reservation.marks[0], book.tokens.expired_total, now)
+            hint = _Hint(remaining_tokens, reservation.marks[0], reservation.expired[0], reservation.at)
             if book.token_hint is None or hint.mark >= book.token_hint.mark:
                 book.token_hint = hint
         if remaining_requests is not None:
-            hint = _Hint(remaining_requests, reservation.marks[1], book.requests.expired_total, now)
+            hint = _Hint(remaining_requests, reservation.marks[1], reservation.expired[1], reservation.at)
             if book.request_hint is None or hint.mark >= book.request_hint.mark:
                 book.request_hint = hint
 

@@ -138,15 +138,27 @@ def test_a_surprise_429_widens_the_margin_which_then_decays(ledger: LocalLedger,
 def test_a_hint_tightens_headroom_and_later_reservations_tighten_it_more(
     ledger: LocalLedger, clock: ManualClock
 ) -> None:
-    first = reserve(ledger, 1000)
-    clock.advance(5)
-    ledger.observe(first, 5000, None)  # Azure: 5000 left, this request included
+    reserve(ledger, 1000)  # t=0: A
+    clock.advance(30)
+    b = reserve(ledger, 500)  # t=30: B
+    clock.advance(10)  # the answer to B comes 10 s later (a long generation) ...
+    ledger.observe(b, 5000, None)  # ... saying what Azure had left when it admitted B: 5000
     assert tokens_free(ledger) == 5000
-    clock.advance(5)  # t=10
-    reserve(ledger, 2000)
+    reserve(ledger, 2000)  # t=40: C
     assert tokens_free(ledger) == 3000
-    clock.advance(50.36)  # t=60.36: `first` has left our window, so it has left Azure's
+    clock.advance(20.36)  # t=60.36: A has left our window, so it has left Azure's
     assert tokens_free(ledger) == 4000
+    clock.advance(30)  # a window after B's admission the hint says nothing any more
+    assert tokens_free(ledger) == BIG_TPM - 2000
+
+
+def test_expiry_between_admission_and_a_late_answer_loosens_the_hint(ledger: LocalLedger, clock: ManualClock) -> None:
+    reserve(ledger, 9000)  # t=0
+    clock.advance(55)
+    slow = reserve(ledger, 1000)  # t=55: Azure admits it with 0 left (the 9000 still count)
+    clock.advance(30)  # t=85: the 9000 left both windows at ~60; the answer arrives only now
+    ledger.observe(slow, 0, None)
+    assert tokens_free(ledger, 10_000) == 9000  # not 0: what expired since admission is room again
 
 
 def test_an_older_hint_does_not_replace_a_newer_one(ledger: LocalLedger) -> None:
