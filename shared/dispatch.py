@@ -185,9 +185,7 @@ class Dispatcher:
                 raise self._exhausted(plan, inbound, admission, attempts)
             await self._clock.sleep(wait)
 
-    def _above_reserve(
-        self, plan: Plan, inbound: Inbound, admission: Admission, candidates: list[Candidate]
-    ) -> bool:
+    def _above_reserve(self, plan: Plan, inbound: Inbound, admission: Admission, candidates: list[Candidate]) -> bool:
         """Does a low-priority request fit above the reserve kept for the others (priority.py)? Judged over the
         deployment's hosts together, so that normal traffic squeezed off one host still finds room on another."""
         if not admission.reserve or not inbound.metered:
