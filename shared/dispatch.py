@@ -177,7 +177,7 @@ class Dispatcher:
             above = self._above_reserve(plan, inbound, admission, candidates)
             choice = balancer.pick(candidates, self._rng) if above else None
             if choice is not None:
-                self._note_panic(plan, choice.panic)
+                self._note_panic(plan)
                 return choice.host
             wait = balancer.soonest(candidates) if above else self._reserve_wait
             budget_left = min(start + self.routing.wait_budget_seconds, deadline) - self._clock.now()
@@ -221,9 +221,12 @@ class Dispatcher:
             probe_down,
         )
 
-    def _note_panic(self, plan: Plan, panic: bool) -> None:
+    def _note_panic(self, plan: Plan) -> None:
+        """Panic mode: the active check fails on every host of the deployment, and traffic goes to them anyway
+        (whether live successes already vouch for some, or the balancer ignores the probes outright)."""
         if plan.home is not None or plan.deployment is None:
             return  # panic mode is about a deployment's hosts, not one object's home
+        panic = all(self._health.probe_failing(h.key) for h in plan.hosts)
         if self._health.note_panic(plan.deployment, panic):
             if panic:
                 log.warning(
@@ -446,8 +449,7 @@ class Dispatcher:
             )
         elif verdict in (Verdict.REQUEST_LIMIT, Verdict.CAPACITY):
             attempts.saw_429 = True
-            seconds = judgement.retry_after if verdict is Verdict.REQUEST_LIMIT else None
-            used = self._health.cool_down(host.key, seconds, f"429 ({verdict.value})")
+            used = self._health.cool_down(host.key, judgement.retry_after, f"429 ({verdict.value})")
             if verdict is Verdict.REQUEST_LIMIT:
                 self.ledger.surprised(host.key, requests=True)
             log.info("host %s answered 429 (%s); cooling down %.1fs", host.key, verdict.value, used)

@@ -153,6 +153,10 @@ class HealthBoard:
     def probe_result(self, key: str) -> ProbeResult | None:
         return self._state(key).probe
 
+    def probe_failing(self, key: str) -> bool:
+        """The active check's verdict alone, whatever live traffic says."""
+        return self._state(key).probe_failing_since is not None
+
     def probe_down(self, key: str) -> bool:
         """The probe says down and no live request has succeeded there since it started saying so."""
         state = self._state(key)

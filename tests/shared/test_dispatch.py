@@ -271,7 +271,10 @@ async def test_probes_failing_everywhere_route_anyway_in_panic_mode(caplog: pyte
     assert "live traffic succeeds" in caplog.text  # the disagreement is logged
     served = rig.session.sent[0].host
     assert not rig.health.probe_down(served.key) and rig.health.probe_disagrees(served.key)
-    # Live traffic now vouches for that host: no panic needed for the next request.
+    # Live traffic now vouches for that host, but every probe still fails: still panic mode, for /status.
+    await call(rig)
+    assert CHAT in rig.health.panic()
+    rig.health.set_probe(EAST.key, ProbeResult(True, "ok", 1.0, 1_700_000_001.0))
     await call(rig)
     assert rig.health.panic() == {}
 
