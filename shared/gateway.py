@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared import status as status_
-from shared import web
+from shared import status_page, web
 from shared.affinity import AffinityStore, MemoryAffinityStore, TableAffinityStore
 from shared.aggregation import Aggregator
 from shared.auth import Authenticator, EntraBearer
@@ -262,7 +262,13 @@ class Gateway:
         return [h.name for h in hosts if self.health.ready_in(h.key, None) == 0.0]
 
     async def status(self, request: Request) -> Response:
-        """Per-host health, cooldown and window usage against quota; no secrets, callers must authenticate."""
+        """Per-host health, cooldown and window usage against quota; no secrets, callers must authenticate.
+
+        A browser's navigation (Accept: text/html, no JSON) gets the status page instead: a shell without
+        data, which needs no key; its script fetches this JSON with the key, authenticated as below.
+        """
+        if status_page.wants_page(request.headers.get("accept", "")):
+            return Response(status_page.PAGE, 200, status_page.HEADERS)
         record = RequestRecord(request.method, web.path_of(request))
         try:
             proxy = await self._start()
@@ -271,7 +277,8 @@ class Gateway:
             return web.error_response(exc, record)
         assert self._ledger is not None
         report = status_.describe(self.settings, self._ledger, self.health, proxy.in_flight, self.clock.wall())
-        return Response(json.dumps(report, indent=2), 200, _JSON)
+        # The answer depends on Accept, and a cache must never hand one caller's report to the next.
+        return Response(json.dumps(report, indent=2), 200, {**_JSON, "vary": "accept", "cache-control": "no-store"})
 
     async def not_found(self, request: Request) -> Response:
         """Every path the gateway does not serve: OpenAI's 404 shape, not the platform's plain text."""
