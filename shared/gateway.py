@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared import status as status_
-from shared import status_page, web
+from shared import web
 from shared.affinity import AffinityStore, MemoryAffinityStore, TableAffinityStore
 from shared.aggregation import Aggregator
 from shared.auth import Authenticator, EntraBearer
@@ -42,6 +42,7 @@ from shared.placement import Placement
 from shared.probe import probe_host
 from shared.proxy import Proxy
 from shared.record import RequestRecord
+from shared.status_page import PAGE, PAGE_HEADERS, wants_page
 from shared.storage import AFFINITY_TABLE, HEALTH_TABLE, USAGE_TABLE, table_client
 from shared.table_ledger import TableLedger
 from shared.upstream import Upstream
@@ -267,8 +268,8 @@ class Gateway:
         A browser's navigation (Accept: text/html, no JSON) gets the status page instead: a shell without
         data, which needs no key; its script fetches this JSON with the key, authenticated as below.
         """
-        if status_page.wants_page(request.headers.get("accept", "")):
-            return Response(status_page.PAGE, 200, status_page.HEADERS)
+        if wants_page(request.headers.get("accept", "")):
+            return Response(PAGE, 200, PAGE_HEADERS)
         record = RequestRecord(request.method, web.path_of(request))
         try:
             proxy = await self._start()

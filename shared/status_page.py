@@ -291,7 +291,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
     )
 )
 
-HEADERS = {
+PAGE_HEADERS = {
     "content-type": "text/html; charset=utf-8",
     "content-security-policy": CONTENT_SECURITY_POLICY,
     "x-content-type-options": "nosniff",

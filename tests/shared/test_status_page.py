@@ -77,7 +77,7 @@ def _parsed() -> _Elements:
 
 
 def _directives() -> dict[str, list[str]]:
-    policy = status_page.HEADERS["content-security-policy"]
+    policy = status_page.PAGE_HEADERS["content-security-policy"]
     return {name: values for name, *values in (part.split() for part in policy.split(";"))}
 
 
@@ -94,7 +94,7 @@ def test_the_policy_admits_exactly_the_pages_own_inline_script_and_style() -> No
     assert csp["connect-src"] == ["'self'"]
     assert csp["img-src"] == ["data:"]
     assert csp["form-action"] == ["'none'"] and csp["frame-ancestors"] == ["'none'"] and csp["base-uri"] == ["'none'"]
-    assert "'unsafe-inline'" not in status_page.HEADERS["content-security-policy"]
+    assert "'unsafe-inline'" not in status_page.PAGE_HEADERS["content-security-policy"]
 
 
 def test_the_page_is_self_contained_and_writes_data_as_text_only() -> None:
