@@ -1,7 +1,7 @@
 """Run the gateway locally over three simulated Azure OpenAI regions, until Ctrl-C.
 
 ./dev/run.sh            (installs what it needs, then runs this)
-python -m dev.run [--port 7071] [--time-scale 1]
+python -m dev.run [--port 7071] [--time-scale 1] [--key K]
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from types import FrameType
+from urllib.parse import quote
 
 from dev.azurite import Azurite
 from dev.stack import CHAT, DEFAULT_REGIONS, ROOT, Stack
@@ -20,6 +21,7 @@ Gateway: {url}   (instance logs: {workdir})
 Regions (simulated, {scale}x time):
 {regions}
 Gateway key (api-key): {key}
+Live status: {url}/status#key={fragment_key}
 
 Try it with curl:
   curl -s '{url}/openai/deployments/{chat}/chat/completions?api-version=2024-10-21' \\
@@ -33,21 +35,43 @@ Or with the official SDK, unchanged:
         messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)
 
 Per-region load and health:  curl -s {url}/status -H 'api-key: {key}'
+Fault switches of a simulated region (README: "Simulated regions"):
+  curl -s -X POST {control}/_sim/eastus/faults -H 'content-type: application/json' -d '{{"error_500": true}}'
 Press Ctrl-C to stop.
 """
 
 
+def gateway_key(value: str) -> str:
+    """--key: it travels in an HTTP header and in the printed status URL, so printable ASCII without spaces."""
+    if len(value) < 16 or not all("!" <= ch <= "~" for ch in value):
+        raise argparse.ArgumentTypeError("a gateway key needs at least 16 printable ASCII characters, no whitespace")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, default=7071)
-    parser.add_argument("--time-scale", type=float, default=1.0, help="run simulated time faster (e.g. 30)")
+    parser.add_argument("--port", type=int, default=7071, help="the gateway's port on 127.0.0.1 (0 picks a free one)")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="run simulated time faster (e.g. 30); Retry-After and cooldowns are in simulated seconds",
+    )
+    parser.add_argument(
+        "--key", type=gateway_key, help="the local gateway key (at least 16 characters); default: a new one each run"
+    )
     args = parser.parse_args()
+    fixed_key = {"client_key": args.key} if args.key else {}
     workdir = ROOT / ".dev"
     print("[1/3] starting Azurite (Table Storage, in memory) on loopback...", flush=True)
     storage = Azurite(workdir / "azurite").start()
     print("[2/3] starting three simulated regions...", flush=True)
     stack = Stack(
-        workdir, time_scale=args.time_scale, gateway_port=args.port, table_connection_string=storage.connection_string
+        workdir,
+        time_scale=args.time_scale,
+        gateway_port=args.port,
+        table_connection_string=storage.connection_string,
+        **fixed_key,
     )
     stopping = False
 
@@ -66,7 +90,14 @@ def main() -> None:
         )
         print(
             BANNER.format(
-                url=stack.url, workdir=workdir, scale=args.time_scale, regions=regions, key=stack.client_key, chat=CHAT
+                url=stack.url,
+                workdir=workdir,
+                scale=args.time_scale,
+                regions=regions,
+                key=stack.client_key,
+                fragment_key=quote(stack.client_key, safe=""),  # the page decodes it (URLSearchParams)
+                control=stack.control_url,
+                chat=CHAT,
             ),
             flush=True,
         )

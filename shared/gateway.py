@@ -43,6 +43,7 @@ from shared.placement import Placement
 from shared.probe import probe_host
 from shared.proxy import Proxy
 from shared.record import RequestRecord
+from shared.status_page import PAGE, PAGE_HEADERS, wants_page
 from shared.storage import AFFINITY_TABLE, HEALTH_TABLE, USAGE_TABLE, table_client
 from shared.table_ledger import TableLedger
 from shared.upstream import Upstream
@@ -263,7 +264,13 @@ class Gateway:
         return [h.name for h in hosts if self.health.ready_in(h.key, None) == 0.0]
 
     async def status(self, request: Request) -> Response:
-        """Per-host health, cooldown and window usage against quota; no secrets, callers must authenticate."""
+        """Per-host health, cooldown and window usage against quota; no secrets, callers must authenticate.
+
+        A browser's navigation (Accept: text/html, no JSON) gets the status page instead: a shell without
+        data, which needs no key; its script fetches this JSON with the key, authenticated as below.
+        """
+        if wants_page(request.headers.get("accept", "")):
+            return Response(PAGE, 200, PAGE_HEADERS)
         record = RequestRecord(request.method, web.path_of(request))
         try:
             proxy = await self._start()
@@ -272,7 +279,8 @@ class Gateway:
             return web.error_response(exc, record)
         assert self._ledger is not None
         report = status_.describe(self.settings, self._ledger, self.health, proxy.in_flight, self.clock.wall())
-        return Response(json.dumps(report, indent=2), 200, _JSON)
+        # The answer depends on Accept, and a cache must never hand one caller's report to the next.
+        return Response(json.dumps(report, indent=2), 200, {**_JSON, "vary": "accept", "cache-control": "no-store"})
 
     async def usage(self, request: Request) -> Response:
         """Real usage per client x deployment x day (admin clients only), JSON or CSV (`Accept: text/csv`)."""

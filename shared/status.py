@@ -41,6 +41,7 @@ def describe(settings: Settings, ledger: Ledger, health: HealthBoard, in_flight:
             )
     return {
         "instance": settings.instance_id,
+        "time_scale": settings.time_scale,  # seconds below are clock seconds: simulated ones when this is not 1
         "in_flight": in_flight,
         "ledger": ledger.describe(),
         "panic": {deployment: round(seconds, 1) for deployment, seconds in health.panic().items()},
