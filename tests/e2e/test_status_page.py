@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
-import pytest
 from playwright.async_api import BrowserContext, Page, Request, Route, async_playwright
 
 from dev import load
