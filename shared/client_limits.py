@@ -22,6 +22,7 @@ from shared.dispatch import Admission
 from shared.errors import GatewayError
 from shared.inbound import Inbound
 from shared.ledger import Ledger, seconds_to_next_day
+from shared.telemetry import Telemetry
 
 REMAINING_TOKENS = "x-gateway-client-remaining-tokens"
 REMAINING_REQUESTS = "x-gateway-client-remaining-requests"
@@ -50,10 +51,11 @@ def windows(caller: Caller, deployment: str) -> list[Window]:
 
 
 class ClientLimits:
-    def __init__(self, ledger: Ledger, routing: Routing, clock: Clock) -> None:
+    def __init__(self, ledger: Ledger, routing: Routing, clock: Clock, telemetry: Telemetry) -> None:
         self._ledger = ledger
         self._routing = routing
         self._clock = clock
+        self._telemetry = telemetry
 
     async def admit(self, caller: Caller, inbound: Inbound) -> Admission:
         """Wait (within the budget) until the caller's limits let this request go, or refuse it."""
@@ -79,6 +81,7 @@ class ClientLimits:
                 break
             budget_left = start + self._routing.wait_budget_seconds - self._clock.now()
             if wait > budget_left:
+                self._telemetry.rejected(caller.name, "rate_limit")
                 raise GatewayError(
                     429,
                     "client_rate_limit_exceeded",
@@ -94,6 +97,7 @@ class ClientLimits:
             return
         used = self._ledger.day_tokens(name, deployment)
         if used >= limits.tokens_per_day:
+            self._telemetry.rejected(name, "daily_quota")
             scope = f" on {deployment!r}" if deployment else ""
             raise GatewayError(
                 403,

@@ -143,6 +143,20 @@ class EntraSettings:
 
 
 @dataclass(frozen=True)
+class TelemetrySettings:
+    """Where metrics and traces go: Application Insights, an OTLP endpoint, both, or nowhere (then no cost)."""
+
+    azure_monitor: Secret | None = None  # the connection string (it names the resource, holds no secret we own)
+    entra_ingestion: bool = False  # the resource takes Entra ID tokens only: send with the managed identity
+    managed_identity_client_id: str | None = None
+    otlp_endpoint: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.azure_monitor is not None or self.otlp_endpoint is not None
+
+
+@dataclass(frozen=True)
 class Settings:
     cluster: Cluster
     clients: tuple[Client, ...]
@@ -155,6 +169,7 @@ class Settings:
     instance_id: str = "local"
     time_scale: float = 1.0
     entra_default_client: str | None = None  # what Entra applications no client lists act as; None: refused
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     warnings: tuple[str, ...] = ()  # problems that do not stop the gateway; logged once at start
 
 
@@ -187,6 +202,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env.get("GATEWAY_KEY_REFRESH_SECONDS", "300"), "GATEWAY_KEY_REFRESH_SECONDS"
         ),
         entra_default_client=default_client,
+        telemetry=_telemetry(env),
         warnings=tuple(warnings),
     )
 
@@ -498,6 +514,19 @@ def _table(env: Mapping[str, str]) -> TableSettings:
         health_cache_seconds=_positive_float(
             env.get("GATEWAY_HEALTH_CACHE_SECONDS", "5"), "GATEWAY_HEALTH_CACHE_SECONDS"
         ),
+    )
+
+
+def _telemetry(env: Mapping[str, str]) -> TelemetrySettings:
+    connection = env.get("APPLICATIONINSIGHTS_CONNECTION_STRING", "").strip()
+    endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip().rstrip("/")
+    if endpoint and not endpoint.startswith(("https://", "http://")):
+        raise ConfigError("OTEL_EXPORTER_OTLP_ENDPOINT: must be an http(s) URL")
+    return TelemetrySettings(
+        azure_monitor=Secret(connection) if connection else None,
+        entra_ingestion="Authorization=AAD" in env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", ""),
+        managed_identity_client_id=env.get("AZURE_CLIENT_ID") or None,
+        otlp_endpoint=endpoint or None,
     )
 
 

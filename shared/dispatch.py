@@ -32,6 +32,7 @@ from shared.outgoing import Outgoing, client_headers
 from shared.placement import Placement, Plan
 from shared.priority import Reserve
 from shared.record import RequestRecord
+from shared.telemetry import Telemetry
 from shared.upstream import Broken, CredentialUnavailable, Upstream
 
 log = logging.getLogger("gateway")
@@ -61,9 +62,10 @@ class Admission:
 class _Hold:
     """What one attempt holds; `close` gives back whatever is left, exactly once."""
 
-    def __init__(self, dispatcher: Dispatcher, reservation: Reservation | None) -> None:
+    def __init__(self, dispatcher: Dispatcher, reservation: Reservation | None, span: Any) -> None:
         self._dispatcher = dispatcher
         self.reservation = reservation
+        self.span = span  # the attempt's trace span, when telemetry is on
         self.response: aiohttp.ClientResponse | None = None
         self.sent = False
         self._closed = False
@@ -101,8 +103,10 @@ class Dispatcher:
         placement: Placement,
         clock: Clock,
         rng: random.Random,
+        telemetry: Telemetry,
     ) -> None:
         self.routing = routing
+        self._telemetry = telemetry
         self.ledger = ledger
         self._health = health
         self._upstream = upstream
@@ -121,11 +125,13 @@ class Dispatcher:
         attempts = _Attempts()
         for attempt in range(min(self.routing.max_attempts, len(plan.hosts))):
             if attempt:
+                if record.attempts:
+                    self._telemetry.retried(record.attempts[-1].host, record.attempts[-1].outcome)
                 await self._backoff(attempt, deadline)
             host = await self._choose(plan, inbound, admission, attempts, start, deadline)
             result = await self._attempt(host, inbound, plan, admission, attempts, deadline, record)
             if result is not None:
-                record.host = host.name
+                record.host, record.host_endpoint = host.name, host.endpoint
                 return result
         raise self._exhausted(plan, inbound, admission, attempts)
 
@@ -305,6 +311,7 @@ class Dispatcher:
             record.attempt(host.name, "credential_unavailable", began)
             log.error("upstream credential unavailable: %s", exc)
             return None
+        span = self._telemetry.attempt(record, host, headers)
         reservation = None
         if inbound.metered:
             if not admission.reserve:
@@ -316,7 +323,7 @@ class Dispatcher:
                 client=admission.client,
                 deployment=inbound.logical or "",
             )
-        hold = _Hold(self, reservation)
+        hold = _Hold(self, reservation, span)
         handed_off = False
         try:
             hold.sent = True
@@ -330,8 +337,8 @@ class Dispatcher:
                     header_timeout=min(self.routing.response_header_timeout_seconds, remaining),
                 )
             except Broken as exc:
+                self._tried(record, hold, host, exc.breakage.value, began)
                 self._broken(host, exc.breakage, exc.detail, hold, inbound, attempts, deadline)
-                record.attempt(host.name, exc.breakage.value, began)
                 return None
             outgoing = await self._answer(host, inbound, plan, hold, attempts, deadline, record, began)
             handed_off = outgoing is not None and outgoing.stream is not None
@@ -339,6 +346,12 @@ class Dispatcher:
         finally:
             if not handed_off:
                 hold.close(reusable=True)
+
+    def _tried(
+        self, record: RequestRecord, hold: _Hold, host: Host, outcome: str, began: float, status: int | None = None
+    ) -> None:
+        record.attempt(host.name, outcome, began, status)
+        self._telemetry.attempted(hold.span, outcome, status)
 
     def _broken(
         self,
@@ -355,8 +368,7 @@ class Dispatcher:
             hold.response.close()
             hold.response = None
         attempts.failure = f"{host.name} {detail}"
-        if self._health.record_failure(host.key, detail):
-            log.warning("host %s ejected: %s", host.key, detail)
+        self._count_failure(host, detail)
         if deadline - self._clock.now() <= 0:
             raise GatewayError(504, "GatewayTimeout", "No upstream answered within the gateway's deadline.")
         if not retryable(breakage, creates=inbound.route.creates):
@@ -403,12 +415,12 @@ class Dispatcher:
         try:
             parts, complete = await relay.read_capped(body, cap) if readable else ([], False)
         except relay.CutOff as exc:
+            self._tried(record, hold, host, Breakage.CUT_OFF.value, began, status)
             self._broken(host, Breakage.CUT_OFF, str(exc), hold, inbound, attempts, deadline)
-            record.attempt(host.name, Breakage.CUT_OFF.value, began, status)
             return None
         content = b"".join(parts)
         verdict = Verdict.ANSWERED if status < 300 else self._judged(host, inbound, hold, attempts, status, content)
-        record.attempt(host.name, "ok" if verdict is Verdict.ANSWERED else verdict.value, began, status)
+        self._tried(record, hold, host, "ok" if verdict is Verdict.ANSWERED else verdict.value, began, status)
         if verdict is not Verdict.ANSWERED:
             return None
         if status < 500:  # a 5xx relayed because a create may have happened is no sign of health
@@ -440,6 +452,8 @@ class Dispatcher:
             attempts.saw_429 = True
             # Only requests at least this large are kept from this host: a smaller one may fit now.
             used = self._health.block_tokens(host.key, max(1, inbound.cost), judgement.retry_after)
+            self._telemetry.rate_limited(host.name, "tokens")
+            self._telemetry.cooled(host.name, "token_limit")
             self.ledger.surprised(host.key, requests=False)
             log.info(
                 "host %s: token-limit 429 for a %d-token request; such requests wait %.1fs",
@@ -450,6 +464,9 @@ class Dispatcher:
         elif verdict in (Verdict.REQUEST_LIMIT, Verdict.CAPACITY):
             attempts.saw_429 = True
             used = self._health.cool_down(host.key, judgement.retry_after, f"429 ({verdict.value})")
+            kind = "requests" if verdict is Verdict.REQUEST_LIMIT else "capacity"
+            self._telemetry.rate_limited(host.name, kind)
+            self._telemetry.cooled(host.name, verdict.value)
             if verdict is Verdict.REQUEST_LIMIT:
                 self.ledger.surprised(host.key, requests=True)
             log.info("host %s answered 429 (%s); cooling down %.1fs", host.key, verdict.value, used)
@@ -460,22 +477,29 @@ class Dispatcher:
             )
             log.error("host %s: %s", host.key, reason)
             self._health.eject(host.key, reason)
+            self._telemetry.ejected(host.name, "refused")
             attempts.failure = f"{host.name} refused the gateway's credentials"
         elif verdict is Verdict.NO_DEPLOYMENT:
             reason = f"upstream 404: deployment {host.deployment!r} does not exist on {host.endpoint}"
             log.error("host %s: %s", host.key, reason)
             self._health.eject(host.key, reason)
+            self._telemetry.ejected(host.name, "no_deployment")
             attempts.failure = f"{host.name} has no such deployment"
         if counts_against_host(verdict):
             detail = f"answered {status}" if verdict is Verdict.FAILED else f"answered a {status} redirect"
             if verdict is Verdict.REDIRECT:
                 log.warning("host %s answered a %d redirect; not followed", host.key, status)
             attempts.failure = f"{host.name} {detail}"
-            if self._health.record_failure(host.key, detail):
-                log.warning("host %s ejected: %s", host.key, detail)
+            self._count_failure(host, detail)
         if not retryable(verdict, creates=inbound.route.creates):
             return Verdict.ANSWERED  # a 5xx after a create may have created it: the client must see it
         return verdict
+
+    def _count_failure(self, host: Host, reason: str) -> None:
+        """Passive outlier detection: enough failures in a row eject the host."""
+        if self._health.record_failure(host.key, reason):
+            log.warning("host %s ejected: %s", host.key, reason)
+            self._telemetry.ejected(host.name, "failures")
 
     def _success(self, host: Host) -> None:
         if self._health.record_success(host.key):
@@ -506,8 +530,7 @@ class Dispatcher:
             if used is not None:
                 record.input_tokens, record.output_tokens = used.prompt, used.completion
             if ending == "cut_off":
-                if self._health.record_failure(host.key, "dropped a stream"):
-                    log.warning("host %s ejected: dropped a stream", host.key)
+                self._count_failure(host, "dropped a stream")
                 log.warning("host %s: stream interrupted after it had started", host.key)
             hold.settle(used)
             hold.close(reusable=ending == "complete")

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared import status as status_
+from shared import telemetry as telemetry_
 from shared import usage_report, web
 from shared.affinity import AffinityStore, MemoryAffinityStore, TableAffinityStore
 from shared.aggregation import Aggregator
@@ -46,6 +48,7 @@ from shared.record import RequestRecord
 from shared.status_page import PAGE, PAGE_HEADERS, wants_page
 from shared.storage import AFFINITY_TABLE, HEALTH_TABLE, USAGE_TABLE, table_client
 from shared.table_ledger import TableLedger
+from shared.telemetry import Telemetry
 from shared.upstream import Upstream
 
 log = logging.getLogger("gateway")
@@ -61,8 +64,11 @@ class Gateway:
         rng: random.Random | None = None,
         tokens: TokenProvider | None = None,
         secrets: SecretFetcher | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
+        self._telemetry = telemetry or Telemetry()
+        self._flush_telemetry: Callable[[], None] = _nothing
         self.clock = clock or ScaledClock(settings.time_scale)
         self._rng = rng or random.Random()
         self._tokens = tokens
@@ -117,6 +123,11 @@ class Gateway:
                 if self.authenticator.keys.secret_names:
                     await self._follow_key_secrets()
                 self._ledger = self._build_ledger()
+                if telemetry_wanted(self.settings, self._telemetry):
+                    self._telemetry, self._flush_telemetry = telemetry_.from_settings(
+                        self.settings.telemetry, self._sync_identity
+                    )
+                self._telemetry.watch(self.settings.cluster, self._ledger, self.health)
                 self._proxy = self._compose(self._ledger, self._tokens, self._session)
         return self._proxy
 
@@ -133,6 +144,7 @@ class Gateway:
             upstream,
             self.clock,
             self._rng,
+            self._telemetry,
         )
 
     async def _follow_key_secrets(self) -> None:
@@ -148,6 +160,12 @@ class Gateway:
         self._background.append(
             asyncio.create_task(self.authenticator.keys.run(fetch, self.clock, self.settings.key_refresh_seconds))
         )
+
+    def _sync_identity(self) -> Any:
+        """The exporters' credential (they are synchronous) for Entra ID ingestion into Application Insights."""
+        from azure.identity import ManagedIdentityCredential
+
+        return ManagedIdentityCredential(client_id=self.settings.telemetry.managed_identity_client_id)
 
     def _managed_identity(self) -> AsyncTokenCredential:
         if self._identity is None:
@@ -233,7 +251,7 @@ class Gateway:
             proxy = await self._start()
         except GatewayError as exc:
             return web.error_response(exc, record)
-        return await web.serve(request, proxy.handle, record)
+        return await web.serve(request, proxy.handle, record, self._telemetry)
 
     async def healthz(self, request: Request) -> Response:
         """Liveness, what the Application Gateway probes: 200 while this process can answer.
@@ -354,6 +372,7 @@ class Gateway:
     async def close(self) -> None:
         for task in self._background:
             task.cancel()
+        self._flush_telemetry()
         if self._ledger is not None:
             await self._ledger.close()
         await self._health_store.close()
@@ -390,11 +409,19 @@ def compose(
     upstream: Upstream,
     clock: Clock,
     rng: random.Random,
+    telemetry: Telemetry,
 ) -> Proxy:
     """The request path from its parts (the unit tests assemble theirs the same way)."""
     placement = Placement(cluster, affinity, health, routing.default_cooldown_seconds)
     dispatcher = Dispatcher(
-        routing=routing, ledger=ledger, health=health, upstream=upstream, placement=placement, clock=clock, rng=rng
+        routing=routing,
+        ledger=ledger,
+        health=health,
+        upstream=upstream,
+        placement=placement,
+        clock=clock,
+        rng=rng,
+        telemetry=telemetry,
     )
     discovery = Discovery(
         placement.resources,
@@ -406,12 +433,21 @@ def compose(
     return Proxy(
         routing=routing,
         authenticator=authenticator,
-        limits=ClientLimits(ledger, routing, clock),
+        limits=ClientLimits(ledger, routing, clock, telemetry),
         placement=placement,
         discovery=discovery,
         dispatcher=dispatcher,
         aggregator=Aggregator(dispatcher, placement, affinity, routing.default_cooldown_seconds),
     )
+
+
+def _nothing() -> None:
+    return None
+
+
+def telemetry_wanted(settings: Settings, current: Telemetry) -> bool:
+    """Exporters from the settings, unless the caller (a test) brought its own."""
+    return settings.telemetry.enabled and not current.on
 
 
 class Misconfigured:

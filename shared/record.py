@@ -39,6 +39,8 @@ class RequestRecord:
     ending: str = ""  # for streams: complete | cut_off | abandoned; "client_gone" when the client left first
     error: str = ""  # the gateway's error code, when it answered with one
     upstream_request_id: str = ""
+    host_endpoint: str = ""  # of the host that answered
+    trace: Any = None  # the request's span, when telemetry is on
     timer: Callable[[], float] = time.perf_counter
     started: float = 0.0
 

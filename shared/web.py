@@ -21,6 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from shared.errors import GatewayError
 from shared.outgoing import REQUEST_ID_HEADER, Outgoing
 from shared.record import RequestRecord
+from shared.telemetry import Telemetry
 
 log = logging.getLogger("gateway")
 access = logging.getLogger("gateway.access")
@@ -38,7 +39,8 @@ def path_of(request: Request) -> str:
     return raw_path.decode("latin-1").partition("?")[0] if raw_path else request.url.path
 
 
-async def serve(request: Request, handle: Handler, record: RequestRecord) -> Response:
+async def serve(request: Request, handle: Handler, record: RequestRecord, telemetry: Telemetry) -> Response:
+    telemetry.start(record, request.headers)
     task = asyncio.current_task()
     assert task is not None
     watcher: asyncio.Task[None] | None = None
@@ -58,13 +60,13 @@ async def serve(request: Request, handle: Handler, record: RequestRecord) -> Res
         if not gone.is_set():
             raise
         task.uncancel()
-        return _gone(record)
+        return _gone(record, telemetry)
     except ClientGone:
-        return _gone(record)
+        return _gone(record, telemetry)
     finally:
         if watcher is not None:
             watcher.cancel()
-    return respond(outgoing, record)
+    return respond(outgoing, record, telemetry)
 
 
 async def _watch(request: Request, gone: asyncio.Event, task: asyncio.Task[object]) -> None:
@@ -76,11 +78,11 @@ async def _watch(request: Request, gone: asyncio.Event, task: asyncio.Task[objec
             return
 
 
-def _gone(record: RequestRecord) -> Response:
+def _gone(record: RequestRecord, telemetry: Telemetry) -> Response:
     record.ending = "client_gone"
     record.status = 499  # nginx's "client closed request": nobody reads it, the log line shows it
     log.info("client %s disconnected before its answer (%s %s)", record.client or "-", record.method, record.path)
-    _log(record)
+    _log(record, telemetry)
     return Response(status_code=499)
 
 
@@ -107,7 +109,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def respond(outgoing: Outgoing, record: RequestRecord) -> Response:
+def respond(outgoing: Outgoing, record: RequestRecord, telemetry: Telemetry) -> Response:
     """The Starlette response; the access line is written once it has been sent (or abandoned)."""
     headers = outgoing.headers
     # The upstream's request id, when it gave one, is the id of the whole exchange: the client, the
@@ -120,16 +122,17 @@ def respond(outgoing: Outgoing, record: RequestRecord) -> Response:
 
         async def finished() -> None:
             await stream.aclose()
-            _log(record)
+            _log(record, telemetry)
 
         return StreamingResponse(stream, outgoing.status, headers, background=BackgroundTask(finished))
-    return Response(outgoing.body, outgoing.status, headers, background=BackgroundTask(_log, record))
+    return Response(outgoing.body, outgoing.status, headers, background=BackgroundTask(_log, record, telemetry))
 
 
-def error_response(exc: GatewayError, record: RequestRecord) -> Response:
+def error_response(exc: GatewayError, record: RequestRecord, telemetry: Telemetry | None = None) -> Response:
     record.error = exc.code
-    return respond(Outgoing.error(exc), record)
+    return respond(Outgoing.error(exc), record, telemetry or Telemetry())
 
 
-def _log(record: RequestRecord) -> None:
+def _log(record: RequestRecord, telemetry: Telemetry) -> None:
     access.info(json.dumps(record.fields(), separators=(",", ":")))
+    telemetry.finish(record)

@@ -28,6 +28,7 @@ from shared.ledger import LocalLedger
 from shared.outgoing import Outgoing
 from shared.proxy import Proxy
 from shared.record import RequestRecord
+from shared.telemetry import Telemetry
 from shared.upstream import Upstream
 
 CLIENT_KEY = "gw-client-key-0123456789"
@@ -223,6 +224,7 @@ def make_rig(
     hosts: tuple[Host, ...] = HOSTS,
     seed: int = 7,
     clients: tuple[Client, ...] = (Client("app", (Secret(CLIENT_KEY),)),),
+    telemetry: Telemetry | None = None,
     **routing: Any,
 ) -> Rig:
     clock = ManualClock(1000.0)
@@ -235,7 +237,16 @@ def make_rig(
     upstream = Upstream(session, tokens, {UK.key: Secret(HOST_API_KEY)}, clock, settings)  # type: ignore[arg-type]
     authenticator = Authenticator(clients)
     proxy = compose(
-        Cluster({CHAT: hosts}), settings, authenticator, ledger, health, affinity, upstream, clock, random.Random(seed)
+        Cluster({CHAT: hosts}),
+        settings,
+        authenticator,
+        ledger,
+        health,
+        affinity,
+        upstream,
+        clock,
+        random.Random(seed),
+        telemetry or Telemetry(),
     )
     return Rig(proxy, session, clock, ledger, health, tokens, affinity)
 
@@ -265,6 +276,7 @@ async def call(
     payload: bytes | None = None,
     query: list[tuple[str, str]] | None = None,
     method: str = "POST",
+    record: RequestRecord | None = None,
 ) -> Outgoing:
     raw = body() if payload is None else payload
 
@@ -278,7 +290,7 @@ async def call(
         query if query is not None else [("api-version", API_VERSION)],
         wire_headers(pairs),
         read_body,
-        RequestRecord(method, path),
+        record or RequestRecord(method, path),
     )
 
 
