@@ -21,9 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PLATFORM = {
     "PYTHON_ENABLE_INIT_INDEXING",
     "HEALTH_PROBE_SCHEDULE",  # resolved by the host for the timer binding (%HEALTH_PROBE_SCHEDULE%)
-    "APPLICATIONINSIGHTS_CONNECTION_STRING",  # azure-monitor-opentelemetry
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",  # the Functions host too
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",  # the OpenTelemetry OTLP exporter
     "AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__credential",
     "AzureWebJobsStorage__clientId",
@@ -31,7 +30,6 @@ PLATFORM = {
 # Settings of the platform itself that users never set: documented by Microsoft, not by this README.
 UNDOCUMENTED = {
     "PYTHON_ENABLE_INIT_INDEXING",
-    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
     "AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__credential",
     "AzureWebJobsStorage__clientId",
