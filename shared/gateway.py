@@ -52,6 +52,7 @@ from shared.telemetry import Telemetry
 from shared.upstream import Upstream
 
 log = logging.getLogger("gateway")
+SWEEP_SECONDS = 3600.0  # how often the timer deletes expired affinity records
 _JSON = {"content-type": "application/json"}
 
 
@@ -94,6 +95,7 @@ class Gateway:
         self._background: list[asyncio.Task[None]] = []
         self._starting = asyncio.Lock()
         self._credential_failing = False
+        self._swept_at: float | None = None
 
     async def _start(self) -> Proxy:
         if self._proxy is not None:
@@ -361,6 +363,18 @@ class Gateway:
             await self._health_store.publish(by_key)
         except (TimeoutError, AzureError, OSError) as exc:
             log.warning("could not publish probe results (%s); other instances keep the last ones", type(exc).__name__)
+        await self._sweep()
+
+    async def _sweep(self) -> None:
+        """Expired object homes go, at most once per SWEEP_SECONDS: Table Storage has no TTL, and the timer
+        runs on one instance at a time."""
+        now = self.clock.now()
+        if self._swept_at is not None and now - self._swept_at < SWEEP_SECONDS:
+            return
+        self._swept_at = now
+        removed = await self._affinity.sweep()
+        if removed:
+            log.info("affinity: swept %d expired records", removed)
 
     async def _probe_headers(self, host_key: str) -> dict[str, str]:
         assert self._tokens is not None
