@@ -1,0 +1,113 @@
+"""What the other instances used, as this instance knows it: the summary less this writer's own pulse.
+
+The summary counts every writer, this one too; this instance's own usage is exact in its local
+windows, so its share must come out. The summary names the moment its pulse reads began: every pulse
+of ours committed before that moment (less the clock skew allowed) had been written, so the leader
+saw that one or a later one. Taking out the newest such pulse takes out at most what the leader saw:
+the others' share is never underestimated (it may count a second of our own usage twice).
+
+Others' usage since the summary is not in it: they are assumed to go on at their recent pace for
+the time since its reads began plus one flush interval (their pulses lag that much).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from shared.clock import Clock
+from shared.ledger import utc_day
+from shared.recent_usage import SLOT, RecentUsage, slot_of
+from shared.summary import Summary
+
+HISTORY = 64  # own pulses kept to match against summaries (a few seconds' worth in steady state)
+
+
+@dataclass(frozen=True)
+class _Written:
+    committed: float  # clock wall time the write returned
+    usage: RecentUsage
+
+
+class PeerView:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        window_seconds: float,
+        request_window_seconds: float,
+        flush_interval: float,
+        skew: float,
+    ) -> None:
+        self._clock = clock
+        self._window_slots = max(1, round(window_seconds / SLOT))
+        self._request_window = request_window_seconds
+        self._flush_interval = flush_interval
+        self._skew = skew
+        self._written: deque[_Written] = deque(maxlen=HISTORY)
+        self._others = RecentUsage()
+        self._client_days: dict[str, int] = {}
+        self.read_start = -math.inf  # of the summary in use
+        self.seq = -1
+
+    def wrote(self, usage: RecentUsage) -> None:
+        """Our pulse `usage` is in the table now."""
+        self._written.append(_Written(self._clock.wall(), usage))
+
+    def learn(self, summary: Summary | None, seen: RecentUsage | None = None) -> None:
+        """Use `summary` from now on; `seen` is our own pulse in it, when known exactly (we summed it)."""
+        if summary is None:
+            self._others, self._client_days = RecentUsage(), {}
+            return
+        latest: _Written | None = None
+        cutoff = summary.read_start - self._skew
+        while self._written and self._written[0].committed <= cutoff:
+            latest = self._written.popleft()  # older ones can never be needed again: reads only move on
+        if latest is not None:
+            self._written.appendleft(latest)
+        if seen is None:
+            seen = latest.usage if latest is not None else RecentUsage()
+        self._others = summary.usage.minus(seen)
+        days: dict[str, int] = {}
+        for (client, _), tokens in self._others.days.items():
+            days[client] = days.get(client, 0) + tokens
+        self._client_days = days
+        self.read_start, self.seq = summary.read_start, summary.seq
+
+    def age(self) -> float:
+        """Clock seconds since the reads of the summary in use began."""
+        return self._clock.wall() - self.read_start
+
+    # -- SharedView ---------------------------------------------------------------------------
+    def window(self, key: str) -> tuple[float, float]:
+        """Others' usage in the sliding windows: whole slots inside, the oldest one in part, plus their pace."""
+        slots = self._others.windows.get(key)
+        if not slots:
+            return 0.0, 0.0
+        wall = self._clock.wall()
+        now = wall / SLOT
+        current = slot_of(wall)
+        overlap = 1.0 - (now - current)  # of the slot a whole window back
+        tokens = requests = recent = 0.0
+        for slot, (charged, count) in slots.items():
+            age = current - slot
+            if 0 <= age < self._window_slots:
+                tokens += charged
+                recent += charged if age <= 1 else 0.0
+            elif age == self._window_slots:
+                tokens += charged * overlap
+            if age == 0:
+                requests += count
+            elif age == 1:
+                requests += count * overlap
+        lag = min(self._window_slots * SLOT, wall - self.read_start + self._flush_interval)
+        pace = recent / (SLOT * (1.0 + (now - current)))
+        return tokens + pace * max(0.0, lag), requests * self._request_window / SLOT
+
+    def day(self, client: str, deployment: str | None) -> int:
+        if self._others.day != utc_day(self._clock.wall()):
+            return 0
+        if deployment is None:
+            return self._client_days.get(client, 0)
+        return self._others.days.get((client, deployment), 0)

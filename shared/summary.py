@@ -1,0 +1,83 @@
+"""The compacted summary: every writer's pulse summed, slot by slot and client by client.
+
+The lease holder (lease.py) reads all pulses about once a second and writes their sum into one small
+partition; every instance reads only that partition. So an instance's reads do not grow with the
+number of instances: pulses are read once per second in all (by one writer), not once per reader.
+The summary says when its pulse reads began: a reader takes out its own pulse as of that moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shared import lease
+from shared.lease import Lease
+from shared.pulse import EMPTY, Pulse
+from shared.recent_usage import SLOTS_KEPT, RecentUsage
+from shared.storage import as_int, int64
+
+PARTITION = "summary"
+
+
+@dataclass
+class Summary:
+    usage: RecentUsage  # everyone's, the reader's own included
+    read_start: float  # clock wall time the pulse reads began
+    seq: int = 0
+    writers: int = 0
+    leader: str = ""
+
+
+def aggregate(pulses: Iterable[Pulse], day: str, current_slot: int) -> RecentUsage:
+    total = RecentUsage(day)
+    for pulse in pulses:
+        total.add(pulse.usage, since_slot=current_slot - SLOTS_KEPT + 1)
+    return total
+
+
+def finished(pulses: Iterable[Pulse], day: str, current_slot: int) -> list[Pulse]:
+    """Pulses that count for nothing any more: no slot inside the window and not of today
+    (a gone writer's real usage today still counts against daily quotas until the day ends)."""
+    oldest = current_slot - SLOTS_KEPT
+    return [p for p in pulses if p.usage.day != day and (p.usage.newest_slot or oldest) <= oldest]
+
+
+def operations(
+    summary: Summary, chunks: list[str], previous_chunks: int, held: Lease, until: float
+) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """One transaction: the lease (taken or renewed, conditionally) and every chunk of the summary."""
+    count = max(len(chunks), previous_chunks, 1)
+    rows: list[tuple[str, dict[str, Any], dict[str, Any]]] = [lease.operation(held, PARTITION, summary.leader, until)]
+    for index in range(count):
+        entity: dict[str, Any] = {
+            "PartitionKey": PARTITION,
+            "RowKey": f"c{index:03d}",
+            "seq": int64(summary.seq),
+            "n": len(chunks),
+            "day": summary.usage.day,
+            "v": chunks[index] if index < len(chunks) else EMPTY,
+        }
+        if index == 0:
+            entity.update(read_start=summary.read_start, writers=summary.writers, leader=summary.leader)
+        rows.append(("upsert", entity, {}))
+    return rows
+
+
+def read(entities: Iterable[Mapping[str, Any]]) -> tuple[Lease, Summary | None]:
+    """The lease and the summary from the rows of the partition (either may not exist yet)."""
+    held = Lease()
+    chunks: dict[int, Mapping[str, Any]] = {}
+    for entity in entities:
+        if entity["RowKey"] == lease.ROW:
+            held = lease.read(entity)
+        elif str(entity["RowKey"]).startswith("c"):
+            chunks[int(str(entity["RowKey"])[1:])] = entity
+    first = chunks.get(0)
+    if first is None:
+        return held, None
+    seq = as_int(first["seq"])
+    parts = [str(c["v"]) for i, c in sorted(chunks.items()) if i < int(first["n"]) and as_int(c["seq"]) == seq]
+    usage = RecentUsage.from_chunks(str(first["day"]), parts)
+    return held, Summary(usage, float(first["read_start"]), seq, int(first["writers"]), str(first["leader"]))
