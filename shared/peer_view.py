@@ -7,7 +7,8 @@ saw that one or a later one. Taking out the newest such pulse takes out at most 
 the others' share is never underestimated (it may count a second of our own usage twice).
 
 Others' usage since the summary is not in it: they are assumed to go on at their recent pace for
-the time since its reads began plus one flush interval (their pulses lag that much).
+the time since its reads began plus one flush interval (their pulses lag that much), up to a whole
+window when no newer summary comes: while storage is away, each instance keeps to its last share.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class PeerView:
         self._skew = skew
         self._written: deque[_Written] = deque(maxlen=HISTORY)
         self._others = RecentUsage()
+        self._rates: dict[str, tuple[float, float]] = {}  # key -> others' (tokens, requests) per second
         self._client_days: dict[str, int] = {}
         self.read_start = -math.inf  # of the summary in use
         self.seq = -1
@@ -58,7 +60,7 @@ class PeerView:
     def learn(self, summary: Summary | None, seen: RecentUsage | None = None) -> None:
         """Use `summary` from now on; `seen` is our own pulse in it, when known exactly (we summed it)."""
         if summary is None:
-            self._others, self._client_days = RecentUsage(), {}
+            self._others, self._rates, self._client_days = RecentUsage(), {}, {}
             return
         latest: _Written | None = None
         cutoff = summary.read_start - self._skew
@@ -69,6 +71,7 @@ class PeerView:
         if seen is None:
             seen = latest.usage if latest is not None else RecentUsage()
         self._others = summary.usage.minus(seen)
+        self._rates = self._others.rates(summary.read_start)
         days: dict[str, int] = {}
         for (client, _), tokens in self._others.days.items():
             days[client] = days.get(client, 0) + tokens
@@ -81,7 +84,8 @@ class PeerView:
 
     # -- SharedView ---------------------------------------------------------------------------
     def window(self, key: str) -> tuple[float, float]:
-        """Others' usage in the sliding windows: whole slots inside, the oldest one in part, plus their pace."""
+        """Others' usage in the sliding windows: whole slots inside, the oldest one in part, plus their pace
+        for the time the summary does not cover (however long: while storage is away, they go on as they went)."""
         slots = self._others.windows.get(key)
         if not slots:
             return 0.0, 0.0
@@ -89,21 +93,22 @@ class PeerView:
         now = wall / SLOT
         current = slot_of(wall)
         overlap = 1.0 - (now - current)  # of the slot a whole window back
-        tokens = requests = recent = 0.0
+        tokens = requests = 0.0
         for slot, (charged, count) in slots.items():
             age = current - slot
             if 0 <= age < self._window_slots:
                 tokens += charged
-                recent += charged if age <= 1 else 0.0
             elif age == self._window_slots:
                 tokens += charged * overlap
             if age == 0:
                 requests += count
             elif age == 1:
                 requests += count * overlap
-        lag = min(self._window_slots * SLOT, wall - self.read_start + self._flush_interval)
-        pace = recent / (SLOT * (1.0 + (now - current)))
-        return tokens + pace * max(0.0, lag), requests * self._request_window / SLOT
+        token_rate, request_rate = self._rates.get(key, (0.0, 0.0))
+        lag = max(0.0, wall - self.read_start + self._flush_interval)
+        tokens += token_rate * min(lag, self._window_slots * SLOT)
+        requests = requests * self._request_window / SLOT + request_rate * min(lag, self._request_window)
+        return tokens, requests
 
     def day(self, client: str, deployment: str | None) -> int:
         if self._others.day != utc_day(self._clock.wall()):

@@ -65,6 +65,19 @@ class RecentUsage:
         }
         return RecentUsage(self.day, windows, days)
 
+    def rates(self, wall: float) -> dict[str, tuple[float, float]]:
+        """Per key, the (tokens, requests) per second of the slot of `wall` and the one before: the pace
+        to assume for the time since, until newer usage is known."""
+        current = slot_of(wall)
+        span = SLOT * (1.0 + (wall / SLOT - current))
+        rates = {}
+        for key, slots in self.windows.items():
+            tokens = sum(slots.get(slot, (0, 0))[0] for slot in (current - 1, current))
+            requests = sum(slots.get(slot, (0, 0))[1] for slot in (current - 1, current))
+            if tokens > 0 or requests > 0:
+                rates[key] = (max(0, tokens) / span, max(0, requests) / span)
+        return rates
+
     @property
     def newest_slot(self) -> int | None:
         return max((slot for slots in self.windows.values() for slot in slots), default=None)

@@ -15,7 +15,7 @@ from typing import Any
 from shared import lease
 from shared.lease import Lease
 from shared.pulse import EMPTY, Pulse
-from shared.recent_usage import SLOTS_KEPT, RecentUsage
+from shared.recent_usage import SLOTS_KEPT, RecentUsage, slot_of
 from shared.storage import as_int, int64
 
 PARTITION = "summary"
@@ -30,10 +30,22 @@ class Summary:
     leader: str = ""
 
 
-def aggregate(pulses: Iterable[Pulse], day: str, current_slot: int) -> RecentUsage:
+def aggregate(pulses: Iterable[Pulse], day: str, wall: float, flush: float, window: float) -> RecentUsage:
+    """Every pulse summed. Readers assume every pulse is a flush interval old; one older than two (its
+    writer cannot write, or is gone) is carried forward at its writer's last pace into the current slot,
+    for at most a window: a writer that storage cut off goes on counting as it went, and one that is
+    gone stops counting after the window."""
+    current = slot_of(wall)
     total = RecentUsage(day)
     for pulse in pulses:
-        total.add(pulse.usage, since_slot=current_slot - SLOTS_KEPT + 1)
+        total.add(pulse.usage, since_slot=current - SLOTS_KEPT + 1)
+        age = wall - pulse.at
+        late = age - flush
+        if 2 * flush < age <= window:
+            for key, (tokens, requests) in pulse.usage.rates(pulse.at).items():
+                slots = total.windows.setdefault(key, {})
+                old = slots.get(current, (0, 0))
+                slots[current] = (old[0] + round(tokens * late), old[1] + round(requests * late))
     return total
 
 

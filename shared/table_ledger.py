@@ -44,8 +44,10 @@ from shared.usage_rows import UsageRows
 log = logging.getLogger("gateway")
 MAX_BACKOFF_SECONDS = 10.0
 LEASE_CYCLES = 5  # a leader that missed this many summaries has lost the lease
+MIN_LEASE_SECONDS = 1.0  # real: a busy process's pause must not pass the lease around
 COLD_SHARE = 0.1  # of each window a new instance may fill before it knows what the others use
 WARMUP_LIMIT_CYCLES = 10  # no summary by then (storage away since start): go on with the local view
+PHASE = 0.25  # of a read interval: when, after the leader began a summary, it has landed (reads follow it)
 SWEEP_LIMIT = 20  # finished pulses deleted per summary
 CLOSE_TIMEOUT_SECONDS = 5.0  # real seconds the last flush may take at shutdown
 SKEW_SECONDS = 0.05  # real seconds two instances' wall clocks may differ by (NTP keeps Azure's far closer)
@@ -73,7 +75,9 @@ class TableLedger:
         self.writer = f"{quote_key(instance_id)}.{incarnation or secrets.token_hex(4)}"
         self._flush_interval = flush_interval
         self._read_interval = read_interval
+        self._window_seconds = window_seconds
         self._skew = SKEW_SECONDS / clock.to_real(1.0)  # in clock seconds
+        self._lease_seconds = max(LEASE_CYCLES * read_interval, MIN_LEASE_SECONDS / clock.to_real(1.0))
         # Spread who tries first when a lease runs out, so that not every instance reads every pulse at once.
         self._takeover_delay = shard(self.writer, 1000) / 1000 * 2 * read_interval
         self.health = health or StorageHealth(clock)
@@ -96,17 +100,20 @@ class TableLedger:
         self._pulsed = 0  # the version the table's pulse shows
         self._pulse_seq = 0
         self._pulse_chunks = 0
+        self._pulse_busy = False  # the last pulse showed usage in its latest slots
         self._usage = UsageRows(self.writer)
         self._lease = Lease()
         self._summary_seq = 0
         self._summary_chunks = 0
         self._started = clock.now()
         self._warm = False
+        self._late = False  # the last summary read found no newer summary
         self.dropped_items = 0  # keys left out of a full pulse or summary
         self.writes = 0  # table transactions and the entities they carried, for /status and the tests
         self.reads = 0
         self.entities_written = 0
         self.entities_read = 0
+        self.terms = 0  # times this writer took the lease
 
     # -- the Ledger interface ------------------------------------------------------------------
     def reserve(self, keys: tuple[str, ...], tokens: int, *, prompt: int, client: str, deployment: str) -> Reservation:
@@ -194,6 +201,7 @@ class TableLedger:
             **self.health.describe(),
             "writer": self.writer,
             "leader": self._lease.held_by(self.writer, wall),
+            "leader_terms": self.terms,
             "warm": not self._cold(),
             "view_age_seconds": round(self._view.age(), 1) if self._view.seq >= 0 else None,
             "writes": self.writes,
@@ -212,16 +220,18 @@ class TableLedger:
     async def run(self) -> None:
         """Flush, and read or write the summary, forever; never raises."""
         await self._forever(lambda: ensure_table(self._client), 0.0, once=True)
+        await self._forever(self.refresh, 0.0, once=True)  # warm first: one small read
         await asyncio.gather(
             self._forever(self.flush, self._flush_interval),
             self._forever(self.share, self._read_interval),
         )
 
     async def _forever(self, operation: Callable[[], Awaitable[Any]], interval: float, once: bool = False) -> None:
+        """Run `operation` every `interval` (or after the delay it returns), backing off while it fails."""
         delay = interval
         while True:
             try:
-                await operation()
+                wait = await operation()
             except ResourceNotFoundError:
                 await self._forever(lambda: ensure_table(self._client), 0.0, once=True)  # deleted under us
                 continue
@@ -233,14 +243,16 @@ class TableLedger:
             if once:
                 return
             delay = interval
-            await self._clock.sleep(interval)
+            await self._clock.sleep(wait if isinstance(wait, float) else interval)
 
     async def flush(self) -> None:
         """Write the pulse if it changed and every usage row the table lacks. A failing part does not stop
         the others; the first failure is raised at the end, so the loop backs off."""
         failures: list[Exception] = []
         wall = self._clock.wall()
-        if self._version != self._pulsed:
+        # Unchanged but busy a moment ago: written anyway, so that the leader can tell a quiet writer from
+        # one that storage cut off (whose pace it carries forward).
+        if self._version != self._pulsed or self._pulse_busy:
             try:
                 await self._write_pulse(wall)
             except Exception as exc:  # noqa: BLE001 - noted in the health, raised below
@@ -263,11 +275,12 @@ class TableLedger:
         chunks, dropped = usage.chunks()
         self._note_dropped(dropped, "pulse")
         self._pulse_seq += 1  # a new number even for a retry: a write that failed may still have landed
-        operations = pulse.operations(self.writer, self._pulse_seq, usage, chunks, self._pulse_chunks)
+        operations = pulse.operations(self.writer, self._pulse_seq, usage, wall, chunks, self._pulse_chunks)
         if operations:  # none: nothing used yet, nothing written before
             await self._write("pulse", operations)
         self._pulse_chunks = max(self._pulse_chunks, len(chunks))
         self._pulsed = version
+        self._pulse_busy = bool(usage.rates(wall))
         self._view.wrote(usage)
 
     def _recent(self, wall: float) -> RecentUsage:
@@ -288,21 +301,33 @@ class TableLedger:
             if not slots:
                 del self._slots[key]
 
-    async def share(self) -> None:
-        """One cycle of the shared view: write the summary if this writer may lead, else read it."""
+    async def share(self) -> float:
+        """One cycle of the shared view: write the summary if this writer may lead, else read it.
+        Returns the clock seconds until the next cycle."""
         try:
+            started = self._clock.now()
             if await self.lead():
-                return
+                return max(0.0, self._read_interval - (self._clock.now() - started))  # a steady cadence
         except Exception:  # reads go on while the summary cannot be written
             await self.refresh()
             raise
-        await self.refresh()
+        return await self.refresh()
 
-    async def refresh(self) -> None:
+    async def refresh(self) -> float:
+        """Read the lease and the summary; returns when to read again: just after the leader's next write."""
         rows = await self._query("summary", "PartitionKey eq @pk", {"pk": summary.PARTITION})
         self._lease, current = summary.read(rows)
+        previous = self._view.seq
         self._view.learn(current)
         self._warm = True
+        interval = self._read_interval
+        if current is None or self._view.age() > self._lease_seconds:
+            return interval  # no leader now: the lease decides who becomes one
+        if current.seq == previous and not self._late:
+            self._late = True  # read before this cycle's summary landed: look once more, a little later
+            return PHASE * interval
+        self._late = False
+        return interval - (self._view.age() - PHASE * interval) % interval
 
     async def lead(self) -> bool:
         """Sum every pulse into the summary, if the lease is ours or can be taken; False if it is not."""
@@ -313,15 +338,16 @@ class TableLedger:
             # Take the lease on its own first: of many that saw it run out, the losers pay one small write.
             if not await self._lease_write([lease.operation(self._lease, summary.PARTITION, self.writer, wall)], wall):
                 return False
-        day, current = utc_day(wall), slot_of(wall)
+        day = utc_day(wall)
         pages = await asyncio.gather(
             *(self._query("pulses", "PartitionKey eq @pk", {"pk": pk}) for pk in pulse.partitions())
         )
         pulses = pulse.read(row for page in pages for row in page)
-        total = Summary(summary.aggregate(pulses, day, current), wall, self._summary_seq + 1, len(pulses), self.writer)
+        aggregate = summary.aggregate(pulses, day, wall, self._flush_interval, self._window_seconds)
+        total = Summary(aggregate, wall, self._summary_seq + 1, len(pulses), self.writer)
         chunks, dropped = total.usage.chunks()
         self._note_dropped(dropped, "summary")
-        until = wall + LEASE_CYCLES * self._read_interval
+        until = wall + self._lease_seconds
         operations = summary.operations(total, chunks, self._summary_chunks, self._lease, until)
         if not await self._lease_write(operations, until):
             return False
@@ -329,7 +355,7 @@ class TableLedger:
         own = next((p.usage for p in pulses if p.writer == self.writer), RecentUsage())
         self._view.learn(total, seen=own)  # the leader knows exactly which of its pulses it summed
         self._warm = True
-        await self._sweep(summary.finished(pulses, day, current))
+        await self._sweep(summary.finished(pulses, day, slot_of(wall)))
         return True
 
     async def _lease_write(self, operations: list[Any], until: float) -> bool:
@@ -339,9 +365,11 @@ class TableLedger:
         except HttpResponseError as exc:
             if exc.status_code not in (409, 412):
                 raise
-            self._lease = Lease("", self._clock.wall() + LEASE_CYCLES * self._read_interval)  # the next read says who
+            self._lease = Lease("", self._clock.wall() + self._lease_seconds)  # the next read says who
             self.health.succeeded("lease")  # a lost race is the lease working, not storage failing
             return False
+        if self._lease.holder != self.writer:
+            self.terms += 1
         self._lease = Lease(self.writer, until, result[0].get("etag"))
         return True
 

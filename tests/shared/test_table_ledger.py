@@ -71,12 +71,20 @@ Connect = Callable[[], Faulty]
 
 
 @pytest.fixture
-async def connect(azurite: Azurite) -> Connect:
-    """Clients of one fresh table (each ledger closes its own)."""
+async def connect(azurite: Azurite) -> AsyncIterator[Connect]:
+    """Clients of one fresh table, closed at the end (a ledger's close() closes its own sooner)."""
     name = f"usage{next(_tables)}"
     async with TableClient.from_connection_string(azurite.connection_string, name) as table:
         await table.create_table()
-    return lambda: Faulty(TableClient.from_connection_string(azurite.connection_string, name, retry_total=0))
+    clients: list[TableClient] = []
+
+    def client() -> Faulty:
+        clients.append(TableClient.from_connection_string(azurite.connection_string, name, retry_total=0))
+        return Faulty(clients[-1])
+
+    yield client
+    for each in clients:
+        await each.close()
 
 
 @pytest.fixture

@@ -1,0 +1,55 @@
+"""The summary: pulses summed inside the window, finished pulses found, rows read back."""
+
+from __future__ import annotations
+
+from shared import summary
+from shared.lease import Lease
+from shared.pulse import Pulse
+from shared.recent_usage import SLOTS_KEPT, RecentUsage, slot_of
+from shared.summary import Summary
+
+DAY, YESTERDAY = "2026-12-01", "2026-11-30"
+WALL = 10_005.0  # half way through slot 1000
+
+
+def test_aggregate_sums_window_slots_and_todays_days() -> None:
+    current = slot_of(WALL)
+    pulses = [
+        Pulse(
+            "a.1", 3, RecentUsage(DAY, {"h": {current: (10, 1), current - SLOTS_KEPT: (999, 9)}}, {("c", "d"): 5}), WALL
+        ),
+        Pulse(
+            "b.1", 1, RecentUsage(DAY, {"h": {current: (20, 2)}, "client:c": {current: (20, 2)}}, {("c", "d"): 7}), WALL
+        ),
+        Pulse("c.1", 1, RecentUsage(YESTERDAY, {"h": {current - 1: (1, 1)}}, {("c", "d"): 100}), WALL),
+    ]
+    total = summary.aggregate(pulses, DAY, WALL, 1.0, 60.0)
+    assert total.windows == {"h": {current: (30, 3), current - 1: (1, 1)}, "client:c": {current: (20, 2)}}
+    assert total.days == {("c", "d"): 12}
+    # Only yesterday's pulse with nothing in the window is finished; a gone writer of today still counts.
+    old = Pulse("d.1", 1, RecentUsage(YESTERDAY, {"h": {current - SLOTS_KEPT: (1, 1)}}), WALL - 100)
+    assert summary.finished([*pulses, old], DAY, current) == [old]
+
+
+def test_a_pulse_its_writer_could_not_refresh_is_carried_forward_for_a_window_at_most() -> None:
+    current = slot_of(WALL)
+    usage = RecentUsage(DAY, {"h": {current - 1: (3_000, 30)}})
+    fresh = summary.aggregate([Pulse("a.1", 1, usage, WALL - 1.5)], DAY, WALL, 1.0, 60.0)
+    assert fresh.windows == usage.windows  # fresh enough: readers add the flush interval's pace themselves
+    stale = summary.aggregate([Pulse("a.1", 1, usage, WALL - 11)], DAY, WALL, 1.0, 60.0)
+    # Written at 9,994: its pace is its last two slots over the 14 s since the first began; 10 s unaccounted.
+    assert stale.windows["h"][current] == (round(3_000 / 14 * 10), round(30 / 14 * 10))
+    gone = summary.aggregate([Pulse("a.1", 1, usage, WALL - 61)], DAY, WALL, 1.0, 60.0)
+    assert current not in gone.windows["h"]
+
+
+def test_summary_rows_read_back_with_the_lease() -> None:
+    usage = RecentUsage(DAY, {"h": {5: (1, 1)}}, {("c", "d"): 3})
+    written = Summary(usage, read_start=123.5, seq=9, writers=4, leader="a.1")
+    chunks, _ = usage.chunks()
+    operations = summary.operations(written, chunks, 3, Lease("a.1", 100.0, "e"), until=130.0)
+    assert operations[0][0] == "update" and len(operations) == 1 + 3  # lease, then chunks (old ones emptied)
+    rows = [dict(op[1]) for op in operations]
+    lease, read = summary.read(rows)
+    assert (lease.holder, lease.until) == ("a.1", 130.0)
+    assert read == written
