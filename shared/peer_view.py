@@ -7,8 +7,9 @@ saw that one or a later one. Taking out the newest such pulse takes out at most 
 the others' share is never underestimated (it may count a second of our own usage twice).
 
 Others' usage since the summary is not in it: they are assumed to go on at their recent pace for
-the time since its reads began plus one flush interval (their pulses lag that much), up to a whole
-window when no newer summary comes: while storage is away, each instance keeps to its last share.
+the time since its reads began plus one flush interval (their pulses lag that much), and never to
+use less than the summary showed while no newer one comes: while storage is away, each instance
+keeps to its last share instead of taking the whole quota for itself.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 from shared.clock import Clock
 from shared.ledger import utc_day
-from shared.recent_usage import SLOT, RecentUsage, slot_of
+from shared.recent_usage import RecentUsage
 from shared.summary import Summary
 
 HISTORY = 64  # own pulses kept to match against summaries (a few seconds' worth in steady state)
@@ -42,16 +43,19 @@ class PeerView:
         skew: float,
     ) -> None:
         self._clock = clock
-        self._window_slots = max(1, round(window_seconds / SLOT))
+        self._window = window_seconds
         self._request_window = request_window_seconds
         self._flush_interval = flush_interval
         self._skew = skew
         self._written: deque[_Written] = deque(maxlen=HISTORY)
         self._others = RecentUsage()
         self._rates: dict[str, tuple[float, float]] = {}  # key -> others' (tokens, requests) per second
+        self._held: dict[str, tuple[float, float]] = {}  # key -> others' windows as the summary showed them
         self._client_days: dict[str, int] = {}
         self.read_start = -math.inf  # of the summary in use
         self.seq = -1
+        self.writers = 0  # that count in its window
+        self.seen = RecentUsage()  # our own pulse as the summary counts it
 
     def wrote(self, usage: RecentUsage) -> None:
         """Our pulse `usage` is in the table now."""
@@ -60,7 +64,7 @@ class PeerView:
     def learn(self, summary: Summary | None, seen: RecentUsage | None = None) -> None:
         """Use `summary` from now on; `seen` is our own pulse in it, when known exactly (we summed it)."""
         if summary is None:
-            self._others, self._rates, self._client_days = RecentUsage(), {}, {}
+            self._others, self._rates, self._held, self._client_days = RecentUsage(), {}, {}, {}
             return
         latest: _Written | None = None
         cutoff = summary.read_start - self._skew
@@ -70,13 +74,18 @@ class PeerView:
             self._written.appendleft(latest)
         if seen is None:
             seen = latest.usage if latest is not None else RecentUsage()
+        self.seen = seen
         self._others = summary.usage.minus(seen)
         self._rates = self._others.rates(summary.read_start)
+        self._held = {
+            key: self._others.in_window(key, summary.read_start, self._window, self._request_window)
+            for key in self._others.windows
+        }
         days: dict[str, int] = {}
         for (client, _), tokens in self._others.days.items():
             days[client] = days.get(client, 0) + tokens
         self._client_days = days
-        self.read_start, self.seq = summary.read_start, summary.seq
+        self.read_start, self.seq, self.writers = summary.read_start, summary.seq, summary.writers
 
     def age(self) -> float:
         """Clock seconds since the reads of the summary in use began."""
@@ -84,31 +93,18 @@ class PeerView:
 
     # -- SharedView ---------------------------------------------------------------------------
     def window(self, key: str) -> tuple[float, float]:
-        """Others' usage in the sliding windows: whole slots inside, the oldest one in part, plus their pace
-        for the time the summary does not cover (however long: while storage is away, they go on as they went)."""
-        slots = self._others.windows.get(key)
-        if not slots:
-            return 0.0, 0.0
+        """Others' usage in the sliding windows, plus their pace for the time the summary does not cover;
+        never less than the summary showed: with no newer summary (storage away, a leader changing) the
+        others are taken to keep their windows as full as they were."""
         wall = self._clock.wall()
-        now = wall / SLOT
-        current = slot_of(wall)
-        overlap = 1.0 - (now - current)  # of the slot a whole window back
-        tokens = requests = 0.0
-        for slot, (charged, count) in slots.items():
-            age = current - slot
-            if 0 <= age < self._window_slots:
-                tokens += charged
-            elif age == self._window_slots:
-                tokens += charged * overlap
-            if age == 0:
-                requests += count
-            elif age == 1:
-                requests += count * overlap
+        tokens, requests = self._others.in_window(key, wall, self._window, self._request_window)
         token_rate, request_rate = self._rates.get(key, (0.0, 0.0))
+        held_tokens, held_requests = self._held.get(key, (0.0, 0.0))
         lag = max(0.0, wall - self.read_start + self._flush_interval)
-        tokens += token_rate * min(lag, self._window_slots * SLOT)
-        requests = requests * self._request_window / SLOT + request_rate * min(lag, self._request_window)
-        return tokens, requests
+        return (
+            max(tokens + token_rate * min(lag, self._window), held_tokens),
+            max(requests + request_rate * min(lag, self._request_window), held_requests),
+        )
 
     def day(self, client: str, deployment: str | None) -> int:
         if self._others.day != utc_day(self._clock.wall()):

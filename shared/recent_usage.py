@@ -31,6 +31,7 @@ class RecentUsage:
     day: str = ""  # the UTC day `days` counts
     windows: dict[str, dict[int, Counts]] = field(default_factory=dict)  # key -> slot -> counts
     days: dict[tuple[str, str], int] = field(default_factory=dict)  # (client, deployment) -> tokens
+    limits: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> (tpm, requests per window)
 
     def add(self, other: RecentUsage, *, since_slot: int) -> None:
         """Add `other`'s slots from `since_slot` on, and its days if they are of the same day."""
@@ -40,6 +41,8 @@ class RecentUsage:
                 if slot >= since_slot:
                     old = mine.get(slot, (0, 0))
                     mine[slot] = (old[0] + tokens, old[1] + requests)
+        for key, limit in other.limits.items():
+            self.limits[key] = max(self.limits.get(key, limit), limit)
         if other.day == self.day:
             for name, tokens in other.days.items():
                 self.days[name] = self.days.get(name, 0) + tokens
@@ -63,7 +66,29 @@ class RecentUsage:
             for name, tokens in self.days.items()
             if (rest := tokens - (other.days.get(name, 0) if same_day else 0)) > 0
         }
-        return RecentUsage(self.day, windows, days)
+        return RecentUsage(self.day, windows, days, dict(self.limits))
+
+    def in_window(self, key: str, wall: float, window: float, request_window: float) -> tuple[float, float]:
+        """(tokens, requests) of `key` in the sliding windows that end at `wall`: whole slots inside, the
+        oldest one in part; requests over the last slot and part of the one before, scaled to their window."""
+        slots = self.windows.get(key)
+        if not slots:
+            return 0.0, 0.0
+        window_slots = max(1, round(window / SLOT))
+        current = slot_of(wall)
+        overlap = 1.0 - (wall / SLOT - current)  # of the slot a whole window back
+        tokens = requests = 0.0
+        for slot, (charged, count) in slots.items():
+            age = current - slot
+            if 0 <= age < window_slots:
+                tokens += charged
+            elif age == window_slots:
+                tokens += charged * overlap
+            if age == 0:
+                requests += count
+            elif age == 1:
+                requests += count * overlap
+        return tokens, requests * request_window / SLOT
 
     def rates(self, wall: float) -> dict[str, tuple[float, float]]:
         """Per key, the (tokens, requests) per second of the slot of `wall` and the one before: the pace
@@ -109,6 +134,8 @@ class RecentUsage:
                     yield ["w", key, slot, *slots[slot]]
         for (client, deployment), tokens in self.days.items():
             yield ["d", client, deployment, tokens]
+        for key, (tpm, requests) in self.limits.items():
+            yield ["l", key, tpm, requests]
 
     @classmethod
     def from_chunks(cls, day: str, chunks: Iterable[str]) -> RecentUsage:
@@ -121,4 +148,7 @@ class RecentUsage:
                 elif item[0] == "d":
                     _, client, deployment, tokens = item
                     usage.days[(str(client), str(deployment))] = int(tokens)
+                elif item[0] == "l":
+                    _, key, tokens, requests = item
+                    usage.limits[str(key)] = (float(tokens), float(requests))
         return usage

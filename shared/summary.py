@@ -14,8 +14,8 @@ from typing import Any
 
 from shared import lease
 from shared.lease import Lease
-from shared.pulse import EMPTY, Pulse
-from shared.recent_usage import SLOTS_KEPT, RecentUsage, slot_of
+from shared.pulse import CARRY_WINDOWS, EMPTY, Pulse
+from shared.recent_usage import SLOT, SLOTS_KEPT, RecentUsage, slot_of
 from shared.storage import as_int, int64
 
 PARTITION = "summary"
@@ -26,27 +26,35 @@ class Summary:
     usage: RecentUsage  # everyone's, the reader's own included
     read_start: float  # clock wall time the pulse reads began
     seq: int = 0
-    writers: int = 0
+    writers: int = 0  # that count in the window now
     leader: str = ""
 
 
-def aggregate(pulses: Iterable[Pulse], day: str, wall: float, flush: float, window: float) -> RecentUsage:
-    """Every pulse summed. Readers assume every pulse is a flush interval old; one older than two (its
-    writer cannot write, or is gone) is carried forward at its writer's last pace into the current slot,
-    for at most a window: a writer that storage cut off goes on counting as it went, and one that is
-    gone stops counting after the window."""
+def aggregate(
+    pulses: Iterable[Pulse], day: str, wall: float, *, flush: float, window: float, request_window: float
+) -> tuple[RecentUsage, int]:
+    """Every pulse summed, each carried forward as far as it is stale (pulse.py); and how many writers
+    count in the window now."""
     current = slot_of(wall)
+    pulses = list(pulses)
+    active = sum(_counts(pulse, wall, current, flush, window) for pulse in pulses)
     total = RecentUsage(day)
     for pulse in pulses:
         total.add(pulse.usage, since_slot=current - SLOTS_KEPT + 1)
-        age = wall - pulse.at
-        late = age - flush
-        if 2 * flush < age <= window:
-            for key, (tokens, requests) in pulse.usage.rates(pulse.at).items():
-                slots = total.windows.setdefault(key, {})
-                old = slots.get(current, (0, 0))
-                slots[current] = (old[0] + round(tokens * late), old[1] + round(requests * late))
-    return total
+        carried = pulse.carried(wall, active, flush=flush, window=window, request_window=request_window)
+        for key, (tokens, requests) in carried.items():
+            slots = total.windows.setdefault(key, {})
+            old = slots.get(current, (0, 0))
+            slots[current] = (old[0] + round(tokens), old[1] + round(requests))
+    return total, active
+
+
+def _counts(pulse: Pulse, wall: float, current: int, flush: float, window: float) -> bool:
+    """Whether a writer counts among those sharing the limits now: used them within the window, or is
+    cut off (not closed) and carried forward."""
+    newest = pulse.usage.newest_slot
+    in_window = newest is not None and newest >= current - round(window / SLOT)
+    return in_window or (not pulse.final and 2 * flush < wall - pulse.at <= CARRY_WINDOWS * window)
 
 
 def finished(pulses: Iterable[Pulse], day: str, current_slot: int) -> list[Pulse]:

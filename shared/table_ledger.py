@@ -35,7 +35,7 @@ from shared.clock import Clock
 from shared.lease import Lease
 from shared.ledger import HostUsage, LocalLedger, Reservation, TokenUsage, UsageKey, UsageRecord, utc_day
 from shared.peer_view import PeerView
-from shared.recent_usage import SLOTS_KEPT, RecentUsage, slot_of
+from shared.recent_usage import SLOT, SLOTS_KEPT, RecentUsage, slot_of
 from shared.storage import ensure_table, permanent, quote_key, shard
 from shared.storage_health import StorageHealth
 from shared.summary import Summary
@@ -44,6 +44,7 @@ from shared.usage_rows import UsageRows
 log = logging.getLogger("gateway")
 MAX_BACKOFF_SECONDS = 10.0
 LEASE_CYCLES = 5  # a leader that missed this many summaries has lost the lease
+STALE_CYCLES, STALE_SECONDS = 3, 0.5  # a summary older than both (real seconds) is no longer news
 MIN_LEASE_SECONDS = 1.0  # real: a busy process's pause must not pass the lease around
 COLD_SHARE = 0.1  # of each window a new instance may fill before it knows what the others use
 WARMUP_LIMIT_CYCLES = 10  # no summary by then (storage away since start): go on with the local view
@@ -76,7 +77,9 @@ class TableLedger:
         self._flush_interval = flush_interval
         self._read_interval = read_interval
         self._window_seconds = window_seconds
+        self._request_window_seconds = request_window_seconds
         self._skew = SKEW_SECONDS / clock.to_real(1.0)  # in clock seconds
+        self._stale_after = max(STALE_CYCLES * read_interval, STALE_SECONDS / clock.to_real(1.0))
         self._lease_seconds = max(LEASE_CYCLES * read_interval, MIN_LEASE_SECONDS / clock.to_real(1.0))
         # Spread who tries first when a lease runs out, so that not every instance reads every pulse at once.
         self._takeover_delay = shard(self.writer, 1000) / 1000 * 2 * read_interval
@@ -96,11 +99,14 @@ class TableLedger:
             shared=self._view,
         )
         self._slots: dict[str, dict[int, list[int]]] = {}  # key -> slot -> [charged, requests]
+        self._limits: dict[str, tuple[float, float]] = {}  # key -> (tpm, requests per window) as last asked
         self._version = 0  # bumped by every change to the slots or records
         self._pulsed = 0  # the version the table's pulse shows
         self._pulse_seq = 0
         self._pulse_chunks = 0
-        self._pulse_busy = False  # the last pulse showed usage in its latest slots
+        self._closing = False
+        self._published: pulse.Pulse | None = None  # our last pulse in the table: what the others count of us
+        self._pulse_failing = False
         self._usage = UsageRows(self.writer)
         self._lease = Lease()
         self._summary_seq = 0
@@ -152,11 +158,37 @@ class TableLedger:
         if self._cold():
             # Before the first summary this instance cannot know what the others use: a small share only.
             return self._local.headroom(key, math.ceil(tpm * COLD_SHARE), math.ceil(rpm * COLD_SHARE))
-        return self._local.headroom(key, tpm, rpm)
+        self._limits[key] = (tpm, self._local.request_limit(rpm))
+        tokens, requests = self._local.headroom(key, tpm, rpm)
+        # What the others cannot know about us we may not take: while our pulse cannot be written, keep to
+        # what the last one said; while no new summary comes, to what the last summary said of us.
+        if self._pulse_failing and self._published is not None:
+            left = self._share_left(self._published.usage, self._published.at, key)
+            tokens, requests = min(tokens, left[0]), min(requests, left[1])
+        if self._view.seq >= 0 and self._view.age() > self._stale_after:
+            left = self._share_left(self._view.seen, self._view.read_start, key)
+            tokens, requests = min(tokens, left[0]), min(requests, left[1])
+        return tokens, requests
+
+    def _share_left(self, said: RecentUsage, at: float, key: str) -> tuple[float, float]:
+        """What we may add to our windows of `key` if the others count us as `said` (as of `at`): our
+        windows no fuller than that said, or than a fair part of the limit (pulse.allowance), so that
+        instances cut off from storage, some or all, never take together much more than the limit."""
+        wall = self._clock.wall()
+        windows = self._window_seconds, self._request_window_seconds
+        allowed = pulse.allowance(said, key, at, self._view.writers, *windows)
+        slots = {slot: (counts[0], counts[1]) for slot, counts in self._slots.get(key, {}).items()}
+        mine = RecentUsage(said.day, {key: slots}).in_window(key, wall, *windows)
+        return allowed[0] - mine[0], allowed[1] - mine[1]
+
+    def _in_window(self, wall: float) -> bool:
+        """Whether anything of ours is still in the window (our pulse must stay fresh till it is not)."""
+        newest = max((slot for slots in self._slots.values() for slot in slots), default=None)
+        return newest is not None and newest >= slot_of(wall) - round(self._window_seconds / SLOT)
 
     def seconds_until(self, key: str, tokens: int, tpm: int, rpm: int) -> float:
         wait = self._local.seconds_until(key, tokens, tpm, rpm)
-        if self._cold() and wait != math.inf:
+        if (self._cold() or self._pulse_failing or self._view.age() > self._stale_after) and wait != math.inf:
             free_tokens, free_requests = self.headroom(key, tpm, rpm)
             if free_tokens < tokens or free_requests < 1:
                 wait = max(wait, self._read_interval)  # the warm view may have room: look again then
@@ -250,9 +282,9 @@ class TableLedger:
         the others; the first failure is raised at the end, so the loop backs off."""
         failures: list[Exception] = []
         wall = self._clock.wall()
-        # Unchanged but busy a moment ago: written anyway, so that the leader can tell a quiet writer from
-        # one that storage cut off (whose pace it carries forward).
-        if self._version != self._pulsed or self._pulse_busy:
+        # Unchanged but still in the window: written anyway, so that the leader can tell a quiet writer
+        # from one that storage cut off (whose windows it carries forward as they were).
+        if self._version != self._pulsed or self._closing or self._in_window(wall):
             try:
                 await self._write_pulse(wall)
             except Exception as exc:  # noqa: BLE001 - noted in the health, raised below
@@ -275,12 +307,19 @@ class TableLedger:
         chunks, dropped = usage.chunks()
         self._note_dropped(dropped, "pulse")
         self._pulse_seq += 1  # a new number even for a retry: a write that failed may still have landed
-        operations = pulse.operations(self.writer, self._pulse_seq, usage, wall, chunks, self._pulse_chunks)
+        operations = pulse.operations(
+            self.writer, self._pulse_seq, usage, wall, chunks, self._pulse_chunks, final=self._closing
+        )
         if operations:  # none: nothing used yet, nothing written before
-            await self._write("pulse", operations)
+            try:
+                await self._write("pulse", operations)
+            except BaseException:
+                self._pulse_failing = True
+                raise
+        self._pulse_failing = False
+        self._published = pulse.Pulse(self.writer, self._pulse_seq, usage, wall)
         self._pulse_chunks = max(self._pulse_chunks, len(chunks))
         self._pulsed = version
-        self._pulse_busy = bool(usage.rates(wall))
         self._view.wrote(usage)
 
     def _recent(self, wall: float) -> RecentUsage:
@@ -291,7 +330,7 @@ class TableLedger:
             for key, slots in self._slots.items()
         }
         days = {(client, dep): r.tokens for (d, client, dep), r in self._local.records().items() if d == day}
-        return RecentUsage(day, {key: slots for key, slots in windows.items() if slots}, days)
+        return RecentUsage(day, {key: slots for key, slots in windows.items() if slots}, days, dict(self._limits))
 
     def _forget_slots(self, before: int) -> None:
         for key in list(self._slots):
@@ -343,8 +382,15 @@ class TableLedger:
             *(self._query("pulses", "PartitionKey eq @pk", {"pk": pk}) for pk in pulse.partitions())
         )
         pulses = pulse.read(row for page in pages for row in page)
-        aggregate = summary.aggregate(pulses, day, wall, self._flush_interval, self._window_seconds)
-        total = Summary(aggregate, wall, self._summary_seq + 1, len(pulses), self.writer)
+        aggregate, active = summary.aggregate(
+            pulses,
+            day,
+            wall,
+            flush=self._flush_interval,
+            window=self._window_seconds,
+            request_window=self._request_window_seconds,
+        )
+        total = Summary(aggregate, wall, self._summary_seq + 1, active, self.writer)
         chunks, dropped = total.usage.chunks()
         self._note_dropped(dropped, "summary")
         until = wall + self._lease_seconds
@@ -416,6 +462,7 @@ class TableLedger:
         await self._client.close()
 
     async def _last_words(self) -> None:
+        self._closing = True  # the last pulse says so: the leader stops carrying this writer forward
         await self.flush()
         wall = self._clock.wall()
         if self._lease.held_by(self.writer, wall):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from shared import summary
 from shared.lease import Lease
-from shared.pulse import Pulse
+from shared.pulse import CARRY_WINDOWS, Pulse
 from shared.recent_usage import SLOTS_KEPT, RecentUsage, slot_of
 from shared.summary import Summary
 
 DAY, YESTERDAY = "2026-12-01", "2026-11-30"
 WALL = 10_005.0  # half way through slot 1000
+TIMES = {"flush": 1.0, "window": 60.0, "request_window": 10.0}
 
 
 def test_aggregate_sums_window_slots_and_todays_days() -> None:
@@ -23,7 +24,7 @@ def test_aggregate_sums_window_slots_and_todays_days() -> None:
         ),
         Pulse("c.1", 1, RecentUsage(YESTERDAY, {"h": {current - 1: (1, 1)}}, {("c", "d"): 100}), WALL),
     ]
-    total = summary.aggregate(pulses, DAY, WALL, 1.0, 60.0)
+    total = summary.aggregate(pulses, DAY, WALL, **TIMES)[0]
     assert total.windows == {"h": {current: (30, 3), current - 1: (1, 1)}, "client:c": {current: (20, 2)}}
     assert total.days == {("c", "d"): 12}
     # Only yesterday's pulse with nothing in the window is finished; a gone writer of today still counts.
@@ -31,16 +32,19 @@ def test_aggregate_sums_window_slots_and_todays_days() -> None:
     assert summary.finished([*pulses, old], DAY, current) == [old]
 
 
-def test_a_pulse_its_writer_could_not_refresh_is_carried_forward_for_a_window_at_most() -> None:
+def test_a_pulse_its_writer_stopped_refreshing_is_carried_forward_unless_it_closed() -> None:
     current = slot_of(WALL)
     usage = RecentUsage(DAY, {"h": {current - 1: (3_000, 30)}})
-    fresh = summary.aggregate([Pulse("a.1", 1, usage, WALL - 1.5)], DAY, WALL, 1.0, 60.0)
+    (fresh, _) = summary.aggregate([Pulse("a.1", 1, usage, WALL - 1.5)], DAY, WALL, **TIMES)
     assert fresh.windows == usage.windows  # fresh enough: readers add the flush interval's pace themselves
-    stale = summary.aggregate([Pulse("a.1", 1, usage, WALL - 11)], DAY, WALL, 1.0, 60.0)
-    # Written at 9,994: its pace is its last two slots over the 14 s since the first began; 10 s unaccounted.
-    assert stale.windows["h"][current] == (round(3_000 / 14 * 10), round(30 / 14 * 10))
-    gone = summary.aggregate([Pulse("a.1", 1, usage, WALL - 61)], DAY, WALL, 1.0, 60.0)
-    assert current not in gone.windows["h"]
+    (stale, _) = summary.aggregate([Pulse("a.1", 1, usage, WALL - 11)], DAY, WALL, **TIMES)
+    # Its windows are taken to stay as full as when it wrote (the token window still holds all of it; the
+    # request window held 30 x 0.6 then and nothing now), or to grow at its last pace: whichever is more.
+    assert stale.windows["h"][current] == (round(3_000 / 14 * 10), round(max(30 * 0.6, 30 / 14 * 10)))
+    (crashed, _) = summary.aggregate([Pulse("a.1", 1, usage, WALL - 60 * CARRY_WINDOWS - 1)], DAY, WALL, **TIMES)
+    assert current not in crashed.windows["h"]  # cut off that long: taken for gone
+    (closed, _) = summary.aggregate([Pulse("a.1", 1, usage, WALL - 11, final=True)], DAY, WALL, **TIMES)
+    assert closed.windows == usage.windows  # it said it was going: nothing to carry
 
 
 def test_summary_rows_read_back_with_the_lease() -> None:

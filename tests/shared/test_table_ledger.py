@@ -3,6 +3,7 @@ by hand (flush, then share), so the tests see exactly what each instance knows a
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -13,9 +14,10 @@ import pytest
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from azure.data.tables.aio import TableClient
 
-from dev.azurite import Azurite
+from dev.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
+from dev.table_meter import TableMeter, Throttle
 from shared.clock import ManualClock
-from shared.ledger import TokenUsage, utc_day
+from shared.ledger import LocalLedger, TokenUsage, utc_day
 from shared.table_ledger import COLD_SHARE, LEASE_CYCLES, TableLedger
 
 HOST = "eastus/gpt-4o-eastus"
@@ -417,3 +419,76 @@ async def test_usage_in_the_table_equals_usage_served_through_outages_restarts_a
         await each.close()
     assert restarts >= 5 and outages >= 10
     assert await total_served(ledger(connect, clock, "reader"), START, clock.wall()) == served
+
+
+async def test_throttled_storage_keeps_the_gateway_serving_with_bounded_over_send(
+    azurite: Azurite, clock: ManualClock
+) -> None:
+    """Storage past its targets answers 503 Server Busy (modelled by the meter in front of Azurite, on
+    the test's clock): every instance goes on admitting on what it last knew, at its last share, so
+    together they stay near the quota; instances that each fell back to their own window would not."""
+    throttle = Throttle(partition_limit=None, account_limit=None, now=clock.now)
+    meter = TableMeter(f"http://127.0.0.1:{azurite.port}", throttle)
+    url = await meter.start()
+    connection = (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};TableEndpoint={url}/{ACCOUNT};"
+    )
+    name = f"throttled{next(_tables)}"
+    async with TableClient.from_connection_string(connection, name) as table:
+        await table.create_table()
+    tpm, cost, step = 80_000, 500, 2.0
+    rng = random.Random(7)
+    shared = [
+        TableLedger(
+            TableClient.from_connection_string(connection, name, retry_total=0),
+            clock,
+            f"i{i}",
+            expiry_margin_seconds=0.0,
+            flush_interval=step,
+            read_interval=step,
+            incarnation="1",
+        )
+        for i in range(4)
+    ]
+    alone = [LocalLedger(clock, expiry_margin_seconds=0.0) for _ in range(4)]
+    admitted: dict[str, list[int]] = {"shared": [], "alone": []}
+    try:
+        for tick in range(150):  # 5 minutes: healthy, 2 minutes throttled, healthy again
+            throttled = 30 <= tick < 90
+            throttle.partition_limit, throttle.account_limit = (3, 6) if throttled else (None, None)
+            clock.advance(step)
+            for mode, ledgers in (("shared", shared), ("alone", alone)):
+                sent = 0
+                for each in ledgers:  # each instance alone has more demand than the whole quota
+                    for _ in range(int(tpm / 60 * step / cost) + 1):
+                        if each.headroom(HOST, tpm, 100_000)[0] >= cost:
+                            each.settle(each.reserve((HOST,), cost, prompt=0, client="app", deployment="gpt-4o"), None)
+                            sent += cost
+                admitted[mode].append(sent)
+            for each in rng.sample(shared, len(shared)):  # who gets through a busy service is luck
+                for work in (each.flush, each.share):
+                    with contextlib.suppress(HttpResponseError):  # what the background loops do: go on
+                        await work()
+            print(
+                tick,
+                admitted["shared"][-1],
+                [round(e.window_tokens(HOST)) for e in shared],
+                [round(e.own_window_tokens(HOST)) for e in shared],
+                [e.describe()["leader"] for e in shared],
+                [bool(e.describe()["failing"]) for e in shared],
+            )
+            if tick == 60:
+                assert sum(not each.describe()["storage_ok"] for each in shared) >= 2
+        window = round(60 / step)
+        worst = {
+            mode: max(sum(sent[i : i + window]) for i in range(len(sent) - window)) for mode, sent in admitted.items()
+        }
+        print(f"\nworst minute, quota {tpm}: shared {worst['shared']}, each alone {worst['alone']}")
+        assert meter.counts.throttled > 100
+        assert worst["shared"] <= 1.1 * tpm  # bounded over-send, throttled or not
+        assert worst["alone"] >= 3 * tpm  # what falling back to one's own view does (the defect on main)
+        assert sum(admitted["shared"][-30:]) >= 0.8 * tpm  # and the quota is still used
+    finally:
+        for each in shared:
+            await each.close()
+        await meter.stop()
