@@ -282,11 +282,12 @@ class TableLedger:
         the others; the first failure is raised at the end, so the loop backs off."""
         failures: list[Exception] = []
         wall = self._clock.wall()
-        # Unchanged but still in the window: written anyway, so that the leader can tell a quiet writer
-        # from one that storage cut off (whose windows it carries forward as they were).
-        if self._version != self._pulsed or self._closing or self._in_window(wall):
+        # Rewritten every flush while anything of ours is in the window, then once more marked final: so
+        # the leader can tell a quiet writer from one that storage cut off (which it carries forward).
+        final = self._closing or not self._in_window(wall)
+        if self._version != self._pulsed or not final or (self._published is not None and not self._published.final):
             try:
-                await self._write_pulse(wall)
+                await self._write_pulse(wall, final)
             except Exception as exc:  # noqa: BLE001 - noted in the health, raised below
                 failures.append(exc)
         for batch in self._usage.batches(self._local.records()):
@@ -301,14 +302,14 @@ class TableLedger:
         if failures:
             raise failures[0]
 
-    async def _write_pulse(self, wall: float) -> None:
+    async def _write_pulse(self, wall: float, final: bool) -> None:
         version = self._version
         usage = self._recent(wall)
         chunks, dropped = usage.chunks()
         self._note_dropped(dropped, "pulse")
         self._pulse_seq += 1  # a new number even for a retry: a write that failed may still have landed
         operations = pulse.operations(
-            self.writer, self._pulse_seq, usage, wall, chunks, self._pulse_chunks, final=self._closing
+            self.writer, self._pulse_seq, usage, wall, chunks, self._pulse_chunks, final=final
         )
         if operations:  # none: nothing used yet, nothing written before
             try:
@@ -317,7 +318,7 @@ class TableLedger:
                 self._pulse_failing = True
                 raise
         self._pulse_failing = False
-        self._published = pulse.Pulse(self.writer, self._pulse_seq, usage, wall)
+        self._published = pulse.Pulse(self.writer, self._pulse_seq, usage, wall, final)
         self._pulse_chunks = max(self._pulse_chunks, len(chunks))
         self._pulsed = version
         self._view.wrote(usage)
@@ -462,7 +463,7 @@ class TableLedger:
         await self._client.close()
 
     async def _last_words(self) -> None:
-        self._closing = True  # the last pulse says so: the leader stops carrying this writer forward
+        self._closing = True  # the last pulse says so: the leader does not carry this writer forward
         await self.flush()
         wall = self._clock.wall()
         if self._lease.held_by(self.writer, wall):

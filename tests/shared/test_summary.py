@@ -38,9 +38,9 @@ def test_a_pulse_its_writer_stopped_refreshing_is_carried_forward_unless_it_clos
     (fresh, _) = summary.aggregate([Pulse("a.1", 1, usage, WALL - 1.5)], DAY, WALL, **TIMES)
     assert fresh.windows == usage.windows  # fresh enough: readers add the flush interval's pace themselves
     (stale, _) = summary.aggregate([Pulse("a.1", 1, usage, WALL - 11)], DAY, WALL, **TIMES)
-    # Its windows are taken to stay as full as when it wrote (the token window still holds all of it; the
-    # request window held 30 x 0.6 then and nothing now), or to grow at its last pace: whichever is more.
-    assert stale.windows["h"][current] == (round(3_000 / 14 * 10), round(max(30 * 0.6, 30 / 14 * 10)))
+    # Its windows are taken to stay as full as when it wrote: the token window still holds all of it; the
+    # request window held its 30 then, and holds half of them now.
+    assert stale.windows["h"][current] == (0, 15)
     (crashed, _) = summary.aggregate([Pulse("a.1", 1, usage, WALL - 60 * CARRY_WINDOWS - 1)], DAY, WALL, **TIMES)
     assert current not in crashed.windows["h"]  # cut off that long: taken for gone
     (closed, _) = summary.aggregate([Pulse("a.1", 1, usage, WALL - 11, final=True)], DAY, WALL, **TIMES)
