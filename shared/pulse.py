@@ -43,18 +43,18 @@ class Pulse:
     rows: list[tuple[str, str, str]] = field(default_factory=list)  # (PartitionKey, RowKey, etag) of its chunks
 
     def carried(
-        self, wall: float, writers: int, *, flush: float, window: float, request_window: float
+        self, wall: float, writers: int, *, stale_after: float, window: float, request_window: float
     ) -> dict[str, tuple[float, float]]:
         """What to count for this writer beyond its slots, per key, at `wall`.
 
         A writer rewrites its pulse every flush while anything of it is in the window, so a pulse older
-        than two flush intervals whose writer did not close means storage cuts it off, or it crashed (the
+        than `stale_after` (a few flushes) whose writer did not close means storage cuts it off, or it crashed (the
         two look alike). Such a writer is taken to keep its windows as full as they were when written, or
         at its fair part of the limit (a `writers`th), whichever is more, for CARRY_WINDOWS windows; and
         the writer itself keeps to exactly that (table_ledger.py). A writer that closed stops counting
         once its slots leave the window; so does one not heard of for longer (taken for gone)."""
         age = wall - self.at
-        if self.final or not 2 * flush < age <= CARRY_WINDOWS * window:
+        if self.final or not stale_after < age <= CARRY_WINDOWS * window:
             return {}
         carried = {}
         for key in self.usage.windows.keys() | self.usage.limits.keys():

@@ -31,17 +31,17 @@ class Summary:
 
 
 def aggregate(
-    pulses: Iterable[Pulse], day: str, wall: float, *, flush: float, window: float, request_window: float
+    pulses: Iterable[Pulse], day: str, wall: float, *, stale_after: float, window: float, request_window: float
 ) -> tuple[RecentUsage, int]:
     """Every pulse summed, each carried forward as far as it is stale (pulse.py); and how many writers
     count in the window now."""
     current = slot_of(wall)
     pulses = list(pulses)
-    active = sum(_counts(pulse, wall, current, flush, window) for pulse in pulses)
+    active = sum(_counts(pulse, wall, current, stale_after, window) for pulse in pulses)
     total = RecentUsage(day)
     for pulse in pulses:
         total.add(pulse.usage, since_slot=current - SLOTS_KEPT + 1)
-        carried = pulse.carried(wall, active, flush=flush, window=window, request_window=request_window)
+        carried = pulse.carried(wall, active, stale_after=stale_after, window=window, request_window=request_window)
         for key, (tokens, requests) in carried.items():
             slots = total.windows.setdefault(key, {})
             old = slots.get(current, (0, 0))
@@ -49,12 +49,12 @@ def aggregate(
     return total, active
 
 
-def _counts(pulse: Pulse, wall: float, current: int, flush: float, window: float) -> bool:
+def _counts(pulse: Pulse, wall: float, current: int, stale_after: float, window: float) -> bool:
     """Whether a writer counts among those sharing the limits now: used them within the window, or is
     cut off (not closed) and carried forward."""
     newest = pulse.usage.newest_slot
     in_window = newest is not None and newest >= current - round(window / SLOT)
-    return in_window or (not pulse.final and 2 * flush < wall - pulse.at <= CARRY_WINDOWS * window)
+    return in_window or (not pulse.final and stale_after < wall - pulse.at <= CARRY_WINDOWS * window)
 
 
 def finished(pulses: Iterable[Pulse], day: str, current_slot: int) -> list[Pulse]:

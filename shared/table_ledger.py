@@ -44,7 +44,7 @@ from shared.usage_rows import UsageRows
 log = logging.getLogger("gateway")
 MAX_BACKOFF_SECONDS = 10.0
 LEASE_CYCLES = 5  # a leader that missed this many summaries has lost the lease
-STALE_CYCLES, STALE_SECONDS = 3, 0.5  # a summary older than both (real seconds) is no longer news
+STALE_CYCLES, STALE_SECONDS = 3, 0.5  # a summary or pulse older than both (real seconds) is no longer news
 MIN_LEASE_SECONDS = 1.0  # real: a busy process's pause must not pass the lease around
 COLD_SHARE = 0.1  # of each window a new instance may fill before it knows what the others use
 WARMUP_LIMIT_CYCLES = 10  # no summary by then (storage away since start): go on with the local view
@@ -79,7 +79,7 @@ class TableLedger:
         self._window_seconds = window_seconds
         self._request_window_seconds = request_window_seconds
         self._skew = SKEW_SECONDS / clock.to_real(1.0)  # in clock seconds
-        self._stale_after = max(STALE_CYCLES * read_interval, STALE_SECONDS / clock.to_real(1.0))
+        self._stale_after = max(STALE_CYCLES * max(read_interval, flush_interval), STALE_SECONDS / clock.to_real(1.0))
         self._lease_seconds = max(LEASE_CYCLES * read_interval, MIN_LEASE_SECONDS / clock.to_real(1.0))
         # Spread who tries first when a lease runs out, so that not every instance reads every pulse at once.
         self._takeover_delay = shard(self.writer, 1000) / 1000 * 2 * read_interval
@@ -387,7 +387,7 @@ class TableLedger:
             pulses,
             day,
             wall,
-            flush=self._flush_interval,
+            stale_after=self._stale_after,
             window=self._window_seconds,
             request_window=self._request_window_seconds,
         )

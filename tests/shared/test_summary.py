@@ -10,7 +10,7 @@ from shared.summary import Summary
 
 DAY, YESTERDAY = "2026-12-01", "2026-11-30"
 WALL = 10_005.0  # half way through slot 1000
-TIMES = {"flush": 1.0, "window": 60.0, "request_window": 10.0}
+TIMES = {"stale_after": 3.0, "window": 60.0, "request_window": 10.0}
 
 
 def test_aggregate_sums_window_slots_and_todays_days() -> None:
@@ -35,7 +35,7 @@ def test_aggregate_sums_window_slots_and_todays_days() -> None:
 def test_a_pulse_its_writer_stopped_refreshing_is_carried_forward_unless_it_closed() -> None:
     current = slot_of(WALL)
     usage = RecentUsage(DAY, {"h": {current - 1: (3_000, 30)}})
-    (fresh, _) = summary.aggregate([Pulse("a.1", 1, usage, WALL - 1.5)], DAY, WALL, **TIMES)
+    (fresh, _) = summary.aggregate([Pulse("a.1", 1, usage, WALL - 2.5)], DAY, WALL, **TIMES)
     assert fresh.windows == usage.windows  # fresh enough: readers add the flush interval's pace themselves
     (stale, _) = summary.aggregate([Pulse("a.1", 1, usage, WALL - 11)], DAY, WALL, **TIMES)
     # Its windows are taken to stay as full as when it wrote: the token window still holds all of it; the
