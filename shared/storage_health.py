@@ -53,8 +53,9 @@ class StorageHealth:
         self._warned = False
 
     @asynccontextmanager
-    async def call(self, kind: str) -> AsyncIterator[None]:
-        """Track one storage call of `kind` (e.g. "pulse", "summary"); exceptions pass through, noted."""
+    async def call(self, kind: str, expected: tuple[int, ...] = ()) -> AsyncIterator[None]:
+        """Track one storage call of `kind` (e.g. "pulse", "summary"); exceptions pass through, noted,
+        except answers with an `expected` status (a lost ETag race is the service working)."""
         stats = self._kinds.setdefault(kind, _Kind())
         stats.calls += 1
         call_id = next(self._ids)
@@ -64,7 +65,10 @@ class StorageHealth:
         except asyncio.CancelledError:
             raise  # shutting down, or the caller's own bound: says nothing about storage
         except Exception as exc:
-            self.failed(kind, exc)
+            if isinstance(exc, HttpResponseError) and exc.status_code in expected:
+                self.succeeded(kind)
+            else:
+                self.failed(kind, exc)
             raise
         else:
             self.succeeded(kind)
@@ -88,6 +92,13 @@ class StorageHealth:
         if not self._warned:
             log.warning("table storage failing (%s on %s); serving on local state", stats.last_error, kind)
             self._warned = True
+
+    def forget(self, *kinds: str) -> None:
+        """Calls of these kinds will not be made again for now (a role given up): their last outcome is moot."""
+        for kind in kinds:
+            stats = self._kinds.get(kind)
+            if stats is not None:
+                stats.failed_at = None
 
     def _age(self, since: float) -> float:
         """Real seconds since a clock time."""

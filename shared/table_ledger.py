@@ -351,6 +351,7 @@ class TableLedger:
         except Exception:  # reads go on while the summary cannot be written
             await self.refresh()
             raise
+        self.health.forget("pulses", "lease", "sweep")  # not leading: how those went last is moot
         return await self.refresh()
 
     async def refresh(self) -> float:
@@ -408,12 +409,11 @@ class TableLedger:
     async def _lease_write(self, operations: list[Any], until: float) -> bool:
         """A transaction whose first operation takes or renews the lease; False if someone else holds it."""
         try:
-            result = await self._write("lease", operations)
+            result = await self._write("lease", operations, expected=(409, 412))
         except HttpResponseError as exc:
             if exc.status_code not in (409, 412):
                 raise
             self._lease = Lease("", self._clock.wall() + self._lease_seconds)  # the next read says who
-            self.health.succeeded("lease")  # a lost race is the lease working, not storage failing
             return False
         if self._lease.holder != self.writer:
             self.terms += 1
@@ -433,8 +433,8 @@ class TableLedger:
                     if exc.status_code not in (404, 412):
                         raise
 
-    async def _write(self, kind: str, operations: list[Any]) -> list[Mapping[str, Any]]:
-        async with self.health.call(kind):
+    async def _write(self, kind: str, operations: list[Any], expected: tuple[int, ...] = ()) -> list[Mapping[str, Any]]:
+        async with self.health.call(kind, expected):
             result = await self._client.submit_transaction(operations)
         self.writes += 1
         self.entities_written += len(operations)
