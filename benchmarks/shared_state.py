@@ -6,7 +6,7 @@ every entity by partition. A steady load runs on every instance: requests over H
 on its host and on its client's window, settled a few seconds later. After a warm-up the meter is
 zeroed and the run is measured: storage calls and entities per clock second, per instance and in all,
 the hottest partition, and the view error (what each instance believes a host's window holds, against
-the true sum of every instance's own window, as a fraction of the host's quota).
+the true sum of every instance's own window, as a fraction of that true window).
 
 Beside it, in the same run, main's design (one row per slot, host and instance; every instance reads
 both minute partitions every second), loaded from git as the baseline, for the instance counts it can
@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import math
 import random
 import subprocess
 import sys
@@ -45,6 +46,7 @@ from dev.stack import PYTHON, ROOT
 from shared.clock import ScaledClock
 from shared.ledger import TokenUsage
 from shared.pulse import PULSE_SHARDS
+from shared.recent_usage import CHUNK_CHARS, SLOTS_KEPT
 from shared.table_ledger import TableLedger
 
 BASELINE_COMMIT = "e356610"  # main's table_ledger.py when this design replaced it
@@ -54,6 +56,7 @@ TPM = 10_000_000  # per host: the view is measured, not admission
 CLIENTS = 5
 SUMMARY_READS = 1.1  # per instance and cycle: one, and a second look when the summary was not there yet
 SLOTS_READ = 8.2  # main's design: slot rows of one (host, instance) in its two minute partitions, on average
+ITEM_CHARS = 45  # one slot of one key, or one key's limits or day, as JSON in a chunk
 
 
 @dataclass
@@ -68,7 +71,7 @@ class Result:
     per_instance_entities_per_s: float
     hottest_partition: str
     hottest_partition_entities_per_s: float
-    view_error_p50: float
+    view_error_p50: float  # |believed - true| / true, over instances x hosts x seconds
     view_error_p99: float
     view_age_p99_s: float | None
     throttled: int
@@ -144,7 +147,8 @@ async def measure(
     def sample() -> None:
         for key in keys:
             truth = sum(ledger.own_window_tokens(key) for ledger in ledgers)
-            errors.extend(abs(ledger.window_tokens(key) - truth) / TPM for ledger in ledgers)
+            if truth > 0:
+                errors.extend(abs(ledger.window_tokens(key) - truth) / truth for ledger in ledgers)
         for ledger in ledgers:
             age = ledger.describe().get("view_age_seconds")
             if age is not None:
@@ -208,7 +212,7 @@ def _arrivals(rng: random.Random, mean: float) -> int:
 def formula(instances: int, hosts: int) -> dict[str, float]:
     """Steady state, every instance busy, one second: this design and main's.
 
-    This design, per instance: one pulse write (one entity: every key in one chunk), one usage-row
+    This design, per instance: one pulse write (its chunks: every key's slots, limits and days), one usage-row
     write (its dirty (client, deployment) rows: the clients it served in that second), one summary read
     (the lease and one chunk; again, a little later, when read before the new one landed: SUMMARY_READS
     calls counted). The leader adds
@@ -217,10 +221,11 @@ def formula(instances: int, hosts: int) -> dict[str, float]:
     Main's design: each instance upserts its slot rows (one per host, one batch) and reads both minute
     partitions, which hold every instance's rows: I x H x SLOTS_READ entities per instance per second."""
     dirty = CLIENTS * (1 - (1 - 1 / CLIENTS) ** REQUESTS_PER_INSTANCE)  # clients served in one flush
+    chunks = math.ceil((hosts + CLIENTS) * (SLOTS_KEPT * ITEM_CHARS + 2 * ITEM_CHARS) / CHUNK_CHARS)
     calls = instances * (1 + 1 + SUMMARY_READS) + PULSE_SHARDS + 1
-    entities = instances * (1 + dirty + SUMMARY_READS * 2) + instances + 2
-    summary_partition = instances * SUMMARY_READS * 2 + 2
-    pulse_partition = 2 * instances / PULSE_SHARDS
+    entities = instances * (chunks + dirty + SUMMARY_READS * (1 + chunks)) + instances * chunks + 1 + chunks
+    summary_partition = instances * SUMMARY_READS * (1 + chunks) + 1 + chunks
+    pulse_partition = 2 * instances * chunks / PULSE_SHARDS
     base_read = instances * instances * hosts * SLOTS_READ
     return {
         "account_transactions_per_s": round(calls),

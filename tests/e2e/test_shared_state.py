@@ -215,3 +215,19 @@ def test_status_reports_usage_without_secrets(tmp_path: Path, azurite: Azurite) 
         assert report["ledger"]["kind"] == "table"
         assert stack.client_key not in json.dumps(report)
         assert azurite.connection_string.split("AccountKey=")[1].split(";")[0] not in json.dumps(report)
+
+
+def test_status_says_storage_is_failing_within_two_seconds(tmp_path: Path) -> None:
+    with (
+        Azurite(tmp_path / "azurite") as storage,
+        Stack(tmp_path / "stack", time_scale=TIME_SCALE, table_connection_string=storage.connection_string) as stack,
+    ):
+        wait_for(lambda: stack.status()["ledger"]["warm"] and stack.status()["ledger"]["storage_ok"], 10, "never ok")
+        storage.pause()  # hangs every call until the SDK's 10 s timeout
+        stopped = time.monotonic()
+        try:
+            wait_for(lambda: not stack.status()["ledger"]["storage_ok"], 2.0, "storage still 'ok' 2 s after it stopped")
+            print(f"\nstorage_ok false {time.monotonic() - stopped:.2f} s after Azurite stopped")
+        finally:
+            storage.resume()
+        wait_for(lambda: stack.status()["ledger"]["storage_ok"], 20, "storage_ok did not come back")

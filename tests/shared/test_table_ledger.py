@@ -492,3 +492,26 @@ async def test_throttled_storage_keeps_the_gateway_serving_with_bounded_over_sen
         for each in shared:
             await each.close()
         await meter.stop()
+
+
+class Untouchable:
+    """A client that fails the test if the request path ever calls it."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the request path called storage ({name})")
+
+
+def test_the_request_path_never_waits_on_storage(clock: ManualClock) -> None:
+    # Every request-path method is synchronous and touches memory only: storage can hang or fail
+    # without a request waiting on it (the background loops alone talk to the table).
+    a = TableLedger(Untouchable(), clock, "a", incarnation="1")  # type: ignore[arg-type]
+    reservation = a.reserve((HOST, CLIENT), 1_000, prompt=100, client="app-a", deployment="gpt-4o")
+    a.observe(reservation, 5_000, 10)
+    a.headroom(HOST, TPM, RPM)
+    a.seconds_until(HOST, 200_000, TPM, RPM)
+    a.settle(reservation, TokenUsage(100, 200))
+    a.release(a.reserve((HOST,), 10, prompt=0, client="app-a", deployment="gpt-4o"))
+    a.surprised(HOST, requests=False)
+    assert a.window_tokens(HOST) == a.own_window_tokens(HOST) == 1_000 + 10 - 10
+    assert a.day_tokens("app-a") == 300 and a.records() and a.host_usage()
+    assert a.describe()["storage_ok"]
