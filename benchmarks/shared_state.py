@@ -258,7 +258,7 @@ async def run(args: argparse.Namespace, meter_url: str, baseline: ModuleType | N
     )
     for instances in sweep:
         result = await measure(
-            "pulses", _factory(TableLedger), meter_url, instances, args.hosts, args.warmup, args.seconds, 1.0
+            "pulses", _factory(TableLedger), meter_url, instances, args.hosts, args.warmup, args.seconds, args.scale
         )
         results.append(result)
         print(_row(result), flush=True)
@@ -292,8 +292,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, default=0, help="one run of this many (default: the sweep)")
     parser.add_argument("--hosts", type=int, default=10)
-    parser.add_argument("--warmup", type=float, default=10.0, help="clock seconds before measuring")
+    parser.add_argument("--warmup", type=float, default=65.0, help="clock seconds before measuring: a window")
     parser.add_argument("--seconds", type=float, default=30.0, help="clock seconds measured")
+    parser.add_argument("--scale", type=float, default=2.0, help="clock speed: 2 runs a minute in 30 s")
     parser.add_argument("--baseline-max", type=int, default=5, help="largest instance count main's design runs at")
     parser.add_argument("--no-baseline", action="store_true")
     args = parser.parse_args(argv)

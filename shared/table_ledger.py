@@ -4,8 +4,9 @@ Each instance keeps its own exact windows (LocalLedger); what the others used co
 in three kinds of rows, each with one writer:
 
 - pulse (pulse.py): per writer (one process), its charges of the recent 10-second slots of every
-  window key (hosts and clients alike) and its real tokens today per (client, deployment), rewritten
-  whole at most once per flush when something changed;
+  window key (hosts and clients alike), the limits it was asked about and its real tokens today per
+  (client, deployment); rewritten whole every flush while anything of it is in the window, then once
+  more marked final;
 - summary (summary.py): every pulse summed, written about once a second by the one writer holding the
   lease (lease.py), read by every instance: an instance's reads do not grow with the number of instances;
 - usage rows (usage_rows.py): per (day, writer, client, deployment) cumulative real usage, the exact
@@ -13,7 +14,9 @@ in three kinds of rows, each with one writer:
 
 Nothing on the request path touches storage: reserve, settle and release change memory only, and the
 background loops (flush; summary read or write) each survive any failure and never wait on each
-other. A new instance admits a small share of each window until it has read its first summary.
+other. A new instance admits a small share of each window until it has read its first summary. What
+the others cannot know about an instance it may not take: while its pulse cannot be written, or no
+new summary comes, it keeps to what the table last said of it (or a fair part of the limit).
 """
 
 from __future__ import annotations
@@ -392,7 +395,8 @@ class TableLedger:
             window=self._window_seconds,
             request_window=self._request_window_seconds,
         )
-        total = Summary(aggregate, wall, self._summary_seq + 1, active, self.writer)
+        seq = max(self._summary_seq, self._view.seq) + 1  # a new leader goes on from the last summary
+        total = Summary(aggregate, wall, seq, active, self.writer)
         chunks, dropped = total.usage.chunks()
         self._note_dropped(dropped, "summary")
         until = wall + self._lease_seconds
