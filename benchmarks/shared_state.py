@@ -43,6 +43,7 @@ from azure.data.tables.aio import TableClient
 
 from dev.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
 from dev.stack import PYTHON, ROOT
+from shared import summary
 from shared.clock import ScaledClock
 from shared.ledger import TokenUsage
 from shared.pulse import PULSE_SHARDS
@@ -215,16 +216,17 @@ def formula(instances: int, hosts: int) -> dict[str, float]:
     This design, per instance: one pulse write (its chunks: every key's slots, limits and days), one usage-row
     write (its dirty (client, deployment) rows: the clients it served in that second), one summary read
     (the lease and one chunk; again, a little later, when read before the new one landed: SUMMARY_READS
-    calls counted). The leader adds
-    one query per pulse partition (every pulse once) and one summary write (lease + chunk).
-    Hottest partition: the summary's, read by every instance.
+    calls counted). The leader adds one query per pulse partition (every pulse once) and one summary
+    write (lease + chunk) per copy of the summary (one copy per READERS_PER_COPY instances).
+    Hottest partition: a summary copy's.
     Main's design: each instance upserts its slot rows (one per host, one batch) and reads both minute
     partitions, which hold every instance's rows: I x H x SLOTS_READ entities per instance per second."""
     dirty = CLIENTS * (1 - (1 - 1 / CLIENTS) ** REQUESTS_PER_INSTANCE)  # clients served in one flush
     chunks = math.ceil((hosts + CLIENTS) * (SLOTS_KEPT * ITEM_CHARS + 2 * ITEM_CHARS) / CHUNK_CHARS)
-    calls = instances * (1 + 1 + SUMMARY_READS) + PULSE_SHARDS + 1
-    entities = instances * (chunks + dirty + SUMMARY_READS * (1 + chunks)) + instances * chunks + 1 + chunks
-    summary_partition = instances * SUMMARY_READS * (1 + chunks) + 1 + chunks
+    copies = summary.copies_for(instances)
+    calls = instances * (1 + 1 + SUMMARY_READS) + PULSE_SHARDS + copies
+    entities = instances * (chunks + dirty + SUMMARY_READS * (1 + chunks)) + instances * chunks + copies * (1 + chunks)
+    summary_partition = instances / copies * SUMMARY_READS * (1 + chunks) + 1 + chunks
     pulse_partition = 2 * instances * chunks / PULSE_SHARDS
     base_read = instances * instances * hosts * SLOTS_READ
     return {

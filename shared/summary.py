@@ -8,6 +8,7 @@ The summary says when its pulse reads began: a reader takes out its own pulse as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,17 @@ from shared.pulse import CARRY_WINDOWS, EMPTY, Pulse
 from shared.recent_usage import SLOT, SLOTS_KEPT, RecentUsage, slot_of
 from shared.storage import as_int, int64
 
-PARTITION = "summary"
+PARTITION = "summary"  # copy 0, with the lease
+READERS_PER_COPY = 250  # instances that read one copy: about 550 entities/s on its partition
+
+
+def partition(copy: int) -> str:
+    return PARTITION if copy == 0 else f"{PARTITION}{copy}"
+
+
+def copies_for(writers: int) -> int:
+    """How many partitions hold the summary, so that none is read by more than READERS_PER_COPY instances."""
+    return max(1, math.ceil(writers / READERS_PER_COPY))
 
 
 @dataclass
@@ -28,6 +39,8 @@ class Summary:
     seq: int = 0
     writers: int = 0  # that count in the window now
     leader: str = ""
+    copies: int = 1  # partitions it is written to (partition(0) .. partition(copies - 1))
+    lease_until: float = 0.0  # the leader's lease as it wrote this: copies carry no lease row
 
 
 def aggregate(
@@ -65,14 +78,17 @@ def finished(pulses: Iterable[Pulse], day: str, current_slot: int) -> list[Pulse
 
 
 def operations(
-    summary: Summary, chunks: list[str], previous_chunks: int, held: Lease, until: float
+    summary: Summary, chunks: list[str], previous_chunks: int, held: Lease | None, copy: int = 0
 ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """One transaction: the lease (taken or renewed, conditionally) and every chunk of the summary."""
+    """One transaction per copy: every chunk of the summary, and in copy 0 first the lease (taken or
+    renewed, conditionally: `held` as last seen, to run until summary.lease_until)."""
     count = max(len(chunks), previous_chunks, 1)
-    rows: list[tuple[str, dict[str, Any], dict[str, Any]]] = [lease.operation(held, PARTITION, summary.leader, until)]
+    rows: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    if held is not None:
+        rows.append(lease.operation(held, PARTITION, summary.leader, summary.lease_until))
     for index in range(count):
         entity: dict[str, Any] = {
-            "PartitionKey": PARTITION,
+            "PartitionKey": partition(copy),
             "RowKey": f"c{index:03d}",
             "seq": int64(summary.seq),
             "n": len(chunks),
@@ -80,14 +96,21 @@ def operations(
             "v": chunks[index] if index < len(chunks) else EMPTY,
         }
         if index == 0:
-            entity.update(read_start=summary.read_start, writers=summary.writers, leader=summary.leader)
+            entity.update(
+                read_start=summary.read_start,
+                writers=summary.writers,
+                leader=summary.leader,
+                copies=summary.copies,
+                until=summary.lease_until,
+            )
         rows.append(("upsert", entity, {}))
     return rows
 
 
 def read(entities: Iterable[Mapping[str, Any]]) -> tuple[Lease, Summary | None]:
-    """The lease and the summary from the rows of the partition (either may not exist yet)."""
-    held = Lease()
+    """The lease and the summary from the rows of one copy (either may not exist yet). A copy other than
+    the first has no lease row: its lease is as the summary says, without an ETag to take it by."""
+    held: Lease | None = None
     chunks: dict[int, Mapping[str, Any]] = {}
     for entity in entities:
         if entity["RowKey"] == lease.ROW:
@@ -96,8 +119,12 @@ def read(entities: Iterable[Mapping[str, Any]]) -> tuple[Lease, Summary | None]:
             chunks[int(str(entity["RowKey"])[1:])] = entity
     first = chunks.get(0)
     if first is None:
-        return held, None
+        return held or Lease(), None
     seq = as_int(first["seq"])
     parts = [str(c["v"]) for i, c in sorted(chunks.items()) if i < int(first["n"]) and as_int(c["seq"]) == seq]
     usage = RecentUsage.from_chunks(str(first["day"]), parts)
-    return held, Summary(usage, float(first["read_start"]), seq, int(first["writers"]), str(first["leader"]))
+    leader, until = str(first["leader"]), float(first.get("until", 0.0))
+    found = Summary(
+        usage, float(first["read_start"]), seq, int(first["writers"]), leader, int(first.get("copies", 1)), until
+    )
+    return held or Lease(leader, until), found

@@ -114,6 +114,7 @@ class TableLedger:
         self._lease = Lease()
         self._summary_seq = 0
         self._summary_chunks = 0
+        self._copies = 1  # partitions the summary was last written to
         self._started = clock.now()
         self._warm = False
         self._late = False  # the last summary read found no newer summary
@@ -354,13 +355,22 @@ class TableLedger:
         except Exception:  # reads go on while the summary cannot be written
             await self.refresh()
             raise
-        self.health.forget("pulses", "lease", "sweep")  # not leading: how those went last is moot
+        self.health.forget("pulses", "lease", "sweep", "summary copy")  # not leading: how those went is moot
         return await self.refresh()
 
     async def refresh(self) -> float:
         """Read the lease and the summary; returns when to read again: just after the leader's next write."""
-        rows = await self._query("summary", "PartitionKey eq @pk", {"pk": summary.PARTITION})
-        self._lease, current = summary.read(rows)
+        copy = shard(self.writer, self._copies) if self._copies > 1 else 0
+        self._lease, current = summary.read(await self._summary_rows(copy))
+        wall = self._clock.wall()
+        if copy and (
+            current is None
+            or wall - current.read_start > self._stale_after
+            or self._lease.open_to(self.writer, wall, self._skew + self._takeover_delay)
+        ):
+            # A copy not written (yet, or any more), or a lease that looks free: the first copy says for sure.
+            self._lease, current = summary.read(await self._summary_rows(0))
+        self._copies = current.copies if current is not None else 1
         previous = self._view.seq
         self._view.learn(current)
         self._warm = True
@@ -372,6 +382,9 @@ class TableLedger:
             return PHASE * interval
         self._late = False
         return interval - (self._view.age() - PHASE * interval) % interval
+
+    async def _summary_rows(self, copy: int) -> list[Any]:
+        return await self._query("summary", "PartitionKey eq @pk", {"pk": summary.partition(copy)})
 
     async def lead(self) -> bool:
         """Sum every pulse into the summary, if the lease is ours or can be taken; False if it is not."""
@@ -396,13 +409,20 @@ class TableLedger:
             request_window=self._request_window_seconds,
         )
         seq = max(self._summary_seq, self._view.seq) + 1  # a new leader goes on from the last summary
-        total = Summary(aggregate, wall, seq, active, self.writer)
+        until = wall + self._lease_seconds
+        total = Summary(aggregate, wall, seq, active, self.writer, summary.copies_for(active), until)
         chunks, dropped = total.usage.chunks()
         self._note_dropped(dropped, "summary")
-        until = wall + self._lease_seconds
-        operations = summary.operations(total, chunks, self._summary_chunks, self._lease, until)
-        if not await self._lease_write(operations, until):
+        if not await self._lease_write(summary.operations(total, chunks, self._summary_chunks, self._lease), until):
             return False
+        # The other copies, each its own transaction: one failing leaves its readers on the first copy.
+        await asyncio.gather(
+            *(
+                self._write("summary copy", summary.operations(total, chunks, self._summary_chunks, None, copy))
+                for copy in range(1, total.copies)
+            ),
+            return_exceptions=True,
+        )
         self._summary_seq, self._summary_chunks = total.seq, max(self._summary_chunks, len(chunks))
         own = next((p.usage for p in pulses if p.writer == self.writer), RecentUsage())
         self._view.learn(total, seen=own)  # the leader knows exactly which of its pulses it summed

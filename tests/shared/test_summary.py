@@ -47,13 +47,19 @@ def test_a_pulse_its_writer_stopped_refreshing_is_carried_forward_unless_it_clos
     assert closed.windows == usage.windows  # it said it was going: nothing to carry
 
 
-def test_summary_rows_read_back_with_the_lease() -> None:
+def test_summary_rows_read_back_with_the_lease_and_from_a_copy() -> None:
     usage = RecentUsage(DAY, {"h": {5: (1, 1)}}, {("c", "d"): 3})
-    written = Summary(usage, read_start=123.5, seq=9, writers=4, leader="a.1")
+    written = Summary(usage, read_start=123.5, seq=9, writers=4, leader="a.1", copies=2, lease_until=130.0)
     chunks, _ = usage.chunks()
-    operations = summary.operations(written, chunks, 3, Lease("a.1", 100.0, "e"), until=130.0)
+    operations = summary.operations(written, chunks, 3, Lease("a.1", 100.0, "e"))
     assert operations[0][0] == "update" and len(operations) == 1 + 3  # lease, then chunks (old ones emptied)
-    rows = [dict(op[1]) for op in operations]
-    lease, read = summary.read(rows)
-    assert (lease.holder, lease.until) == ("a.1", 130.0)
-    assert read == written
+    lease, read = summary.read([dict(op[1]) for op in operations])
+    assert (lease.holder, lease.until, read) == ("a.1", 130.0, written)
+    copy = summary.operations(written, chunks, 3, None, copy=1)
+    assert {op[1]["PartitionKey"] for op in copy} == {summary.partition(1)} and len(copy) == 3  # no lease row
+    lease, read = summary.read([dict(op[1]) for op in copy])
+    assert (lease.holder, lease.until, lease.etag, read) == ("a.1", 130.0, None, written)
+
+
+def test_copies_grow_with_the_writers_that_read_them() -> None:
+    assert [summary.copies_for(n) for n in (0, 1, 250, 251, 1000)] == [1, 1, 1, 2, 4]

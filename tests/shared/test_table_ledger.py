@@ -16,6 +16,7 @@ from azure.data.tables.aio import TableClient
 
 from dev.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
 from dev.table_meter import TableMeter, Throttle
+from shared import summary
 from shared.clock import ManualClock
 from shared.ledger import LocalLedger, TokenUsage, utc_day
 from shared.table_ledger import COLD_SHARE, LEASE_CYCLES, TableLedger
@@ -292,6 +293,30 @@ async def test_when_the_leader_goes_another_takes_over(connect: Connect, clock: 
     other = ledger(connect, clock, "c")
     await other.share()
     assert other.window_tokens(HOST) >= 5_000
+
+
+async def test_many_readers_spread_over_copies_of_the_summary_and_still_take_over(
+    connect: Connect, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(summary, "READERS_PER_COPY", 2)
+    ledgers = [ledger(connect, clock, f"r{i}") for i in range(6)]
+    for each in ledgers:
+        use(each, 100)
+    for _ in range(3):
+        await cycle(*ledgers)
+    assert all(each.window_tokens(HOST) >= 600 for each in ledgers)
+    async with connect()._client as table:
+        partitions = {e["PartitionKey"] async for e in table.list_entities() if e["PartitionKey"].startswith("s")}
+    assert partitions == {"summary", "summary1", "summary2"}
+    leader = next(each for each in ledgers if each.describe()["leader"])
+    leader._client.fail_reads = leader._client.fail_writes = True  # type: ignore[attr-defined]
+    others = [each for each in ledgers if each is not leader]
+    for _ in range(LEASE_CYCLES + 3):
+        for each in others:
+            use(each, 10)
+        await cycle(*others)
+    assert sum(each.describe()["leader"] for each in others) == 1
+    assert all(each.window_tokens(HOST) >= 500 for each in others)
 
 
 async def test_a_closing_leader_hands_over_at_once(connect: Connect, clock: ManualClock) -> None:
