@@ -351,6 +351,7 @@ class TableLedger:
         try:
             started = self._clock.now()
             if await self.lead():
+                self.health.forget("summary")  # leading, it reads no summary: how that went last is moot
                 return max(0.0, self._read_interval - (self._clock.now() - started))  # a steady cadence
         except Exception:  # reads go on while the summary cannot be written
             await self.refresh()

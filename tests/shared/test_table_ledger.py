@@ -285,11 +285,17 @@ async def test_when_the_leader_goes_another_takes_over(connect: Connect, clock: 
     # The leader is cut off (no close, no release): the follower waits out the lease, then leads.
     leader._client.fail_reads = leader._client.fail_writes = True  # type: ignore[attr-defined]
     use(follower, 5_000)
-    for _ in range(LEASE_CYCLES + 2):
+    clock.advance(LEASE_CYCLES + 3)  # the lease has run out
+    follower._client.fail_reads = True  # type: ignore[attr-defined]
+    with pytest.raises(ServiceRequestError):
+        await follower.share()  # its reads of the pulses and of the summary fail
+    follower._client.fail_reads = False  # type: ignore[attr-defined]
+    for _ in range(2):
         clock.advance(1)
         await follower.flush()
         await follower.share()
     assert follower.describe()["leader"]
+    assert follower.describe()["storage_ok"]  # a summary read that failed before it led is moot now
     other = ledger(connect, clock, "c")
     await other.share()
     assert other.window_tokens(HOST) >= 5_000
