@@ -276,7 +276,7 @@ async def run(args: argparse.Namespace, meter_url: str, baseline: ModuleType | N
         f"{'inst':>5} {'calls/s':>9} {'per inst':>8} {'entities/inst':>13} {'hottest':>8}   "
         f"main: {'per inst':>9} {'hottest':>10}"
     )
-    for instances in (*sweep, 100, 200, 1000):
+    for instances in sorted({*sweep, 100, 200, 1000}):
         f = formula(instances, args.hosts)
         print(
             f"{instances:5} {f['account_transactions_per_s']:9} {f['per_instance_transactions_per_s']:8} "
