@@ -47,6 +47,7 @@ from shared.proxy import Proxy
 from shared.record import RequestRecord
 from shared.status_page import PAGE, PAGE_HEADERS, wants_page
 from shared.storage import AFFINITY_TABLE, HEALTH_TABLE, USAGE_TABLE, table_client
+from shared.storage_health import StorageHealth
 from shared.table_ledger import TableLedger
 from shared.telemetry import Telemetry
 from shared.upstream import Upstream
@@ -213,15 +214,19 @@ class Gateway:
             return LocalLedger(self.clock, **windows)
         # Storage is reached with the Function's managed identity, never a shared key.
         identity = None if table.connection_string is not None else self._managed_identity()
+        # One account behind every table: whatever fails reports into one health, shown in /status.
+        storage = StorageHealth(self.clock)
         ledger = TableLedger(
             table_client(table, USAGE_TABLE, identity),
             self.clock,
             self.settings.instance_id,
             flush_interval=table.flush_interval_seconds,
             read_interval=table.read_cache_seconds,
+            health=storage,
+            incarnation=f"{self._rng.getrandbits(32):08x}",
             **windows,
         )
-        self._health_store = TableHealthStore(table_client(table, HEALTH_TABLE, identity))
+        self._health_store = TableHealthStore(table_client(table, HEALTH_TABLE, identity), storage)
         affinity = TableAffinityStore(table_client(table, AFFINITY_TABLE, identity), self.clock)
         self._affinity = affinity
         self._background.append(asyncio.create_task(affinity.run()))

@@ -13,6 +13,7 @@ from azure.data.tables.aio import TableClient
 
 from shared.health import ProbeResult
 from shared.storage import ensure_table, safe_key
+from shared.storage_health import StorageHealth
 
 PARTITION = "health"
 
@@ -38,8 +39,9 @@ class MemoryHealthStore:
 
 
 class TableHealthStore:
-    def __init__(self, client: TableClient) -> None:
+    def __init__(self, client: TableClient, health: StorageHealth | None = None) -> None:
         self._client = client
+        self._health = health
         self._ready = False
 
     async def _ensure(self) -> None:
@@ -48,6 +50,18 @@ class TableHealthStore:
             self._ready = True
 
     async def publish(self, results: Mapping[str, ProbeResult]) -> None:
+        if self._health is None:
+            return await self._publish(results)
+        async with self._health.call("health"):
+            await self._publish(results)
+
+    async def load(self) -> Mapping[str, ProbeResult]:
+        if self._health is None:
+            return await self._load()
+        async with self._health.call("health"):
+            return await self._load()
+
+    async def _publish(self, results: Mapping[str, ProbeResult]) -> None:
         await self._ensure()
         operations = [
             (
@@ -68,7 +82,7 @@ class TableHealthStore:
         for start in range(0, len(operations), 100):
             await self._client.submit_transaction(operations[start : start + 100])
 
-    async def load(self) -> Mapping[str, ProbeResult]:
+    async def _load(self) -> Mapping[str, ProbeResult]:
         await self._ensure()
         results: dict[str, ProbeResult] = {}
         async for entity in self._client.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION}):

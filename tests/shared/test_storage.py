@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 from azure.core.credentials import AccessToken
+from azure.data.tables import EdmType
 
 from shared.config import Secret, TableSettings
-from shared.storage import safe_key, table_client
+from shared.storage import as_int, int64, quote_key, safe_key, shard, table_client
 
 AZURITE = (
     "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
@@ -46,3 +47,20 @@ def test_an_endpoint_without_an_identity_is_refused() -> None:
 
 def test_keys_lose_the_characters_table_storage_forbids() -> None:
     assert safe_key("eastus/gpt-4o#1?x\\y\x07") == "eastus|gpt-4o|1|x|y|"
+
+
+def test_quoted_key_parts_never_collide_and_hold_no_forbidden_character() -> None:
+    names = ["a/b", "a|b", "a%2Fb", "a#b", "a?b", "a\\b", "a\x07b", "ä b"]
+    quoted = [quote_key(name) for name in names]
+    assert len(set(quoted)) == len(names)
+    assert not any(ch in q for q in quoted for ch in "/\\#?|" + "".join(map(chr, range(32))))
+
+
+def test_counts_past_int32_are_typed_int64_and_read_back() -> None:
+    prop = int64(3_000_000_000)
+    assert prop.edm_type == EdmType.INT64 and as_int(prop) == 3_000_000_000 and as_int(7) == 7
+
+
+def test_shards_are_stable_and_spread() -> None:
+    assert shard("web-1.abc", 16) == shard("web-1.abc", 16)  # the same in every process (hash() is not)
+    assert len({shard(f"instance-{i}", 16) for i in range(200)}) == 16
