@@ -12,8 +12,8 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime
 from typing import Any
 
 import aiohttp
@@ -40,7 +40,7 @@ from shared.errors import GatewayError
 from shared.health import HealthBoard, OutlierPolicy
 from shared.health_store import HealthStore, MemoryHealthStore, TableHealthStore
 from shared.keys import SecretFetcher
-from shared.ledger import Ledger, LocalLedger
+from shared.ledger import Ledger, LocalLedger, UsageKey, UsageRecord
 from shared.placement import Placement
 from shared.probe import probe_host
 from shared.proxy import Proxy
@@ -54,6 +54,7 @@ from shared.upstream import Upstream
 
 log = logging.getLogger("gateway")
 SWEEP_SECONDS = 3600.0  # how often the timer deletes expired affinity records
+USAGE_READ_SECONDS = 20.0  # the longest /usage waits for the table
 _JSON = {"content-type": "application/json"}
 
 
@@ -317,13 +318,27 @@ class Gateway:
                 raise GatewayError(403, "403", "Only admin clients may read the usage of every client.")
             today = datetime.fromtimestamp(self.clock.wall(), UTC).date()
             first, last = usage_report.period(request.query_params, today)
+            assert self._ledger is not None
+            data = usage_report.rows(await self._read_usage(first, last))
         except GatewayError as exc:
             return web.error_response(exc, record)
-        assert self._ledger is not None
-        data = usage_report.rows(await self._ledger.usage_report(first, last))
         if "text/csv" in request.headers.get("accept", ""):
             return Response(usage_report.as_csv(data), 200, {"content-type": "text/csv; charset=utf-8"})
         return Response(usage_report.as_json(first, last, data), 200, _JSON)
+
+    async def _read_usage(self, first: date, last: date) -> Mapping[UsageKey, UsageRecord]:
+        """Every instance's usage from the table, within a bound: an admin's report may wait, not hang."""
+        assert self._ledger is not None
+        try:
+            async with asyncio.timeout(self.clock.to_real(USAGE_READ_SECONDS)):
+                return await self._ledger.usage_report(first, last)
+        except (TimeoutError, AzureError, OSError) as exc:
+            raise GatewayError(
+                503,
+                "storage_unavailable",
+                "Usage is read from Table Storage, which cannot be read now; retry later.",
+                retry_after=5,
+            ) from exc
 
     async def not_found(self, request: Request) -> Response:
         """Every path the gateway does not serve: OpenAI's 404 shape, not the platform's plain text."""

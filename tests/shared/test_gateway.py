@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from typing import Any
+
+from starlette.requests import Request
 
 from shared.affinity import Home
 from shared.clock import ManualClock
@@ -18,6 +21,24 @@ class NoTokens:
         return None
 
 
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+# Nothing listens on port 9 of the loopback: every call is refused at once.
+UNREACHABLE_TABLE = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    f"AccountKey={AZURITE_KEY};TableEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+)
+KEY = "k" * 32
+
+
+def get(path: str, query: str, headers: dict[str, str]) -> Request:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    raw = [(name.encode(), value.encode()) for name, value in headers.items()]
+    scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "query_string": query.encode()}
+    return Request({**scope, "headers": raw}, receive)
+
+
 def records(gateway: Gateway) -> int:
     count: int = gateway._affinity.describe()["records"]
     return count
@@ -29,7 +50,7 @@ async def test_the_timer_sweeps_expired_homes_at_most_once_per_sweep_interval() 
         "deployments": {"gpt-4o": [{"name": "e", "endpoint": "http://127.0.0.1:9", "deployment": "d", "tpm": 1000}]},
         "clients": [{"name": "app-a", "key_setting": "GATEWAY_KEY_APP_A"}],
     }
-    env = {"GATEWAY_CONFIG": json.dumps(doc), "GATEWAY_KEY_APP_A": "k" * 32}
+    env = {"GATEWAY_CONFIG": json.dumps(doc), "GATEWAY_KEY_APP_A": KEY}
     clock = ManualClock()
     gateway = Gateway(load_settings(env), clock=clock, tokens=NoTokens())
     try:
@@ -48,5 +69,27 @@ async def test_the_timer_sweeps_expired_homes_at_most_once_per_sweep_interval() 
         clock.advance(SWEEP_SECONDS)
         await gateway.probe()
         assert records(gateway) == 1
+    finally:
+        await gateway.close()
+
+
+async def test_usage_answers_503_when_the_table_cannot_be_read_rather_than_a_partial_report() -> None:
+    doc = {
+        "deployments": {"gpt-4o": [{"name": "e", "endpoint": "http://127.0.0.1:9", "deployment": "d", "tpm": 1000}]},
+        "clients": [{"name": "ops", "key_setting": "GATEWAY_KEY_OPS", "admin": True}],
+    }
+    env = {
+        "GATEWAY_CONFIG": json.dumps(doc),
+        "GATEWAY_KEY_OPS": KEY,
+        "GATEWAY_TABLE_CONNECTION_STRING": UNREACHABLE_TABLE,
+    }
+    gateway = Gateway(load_settings(env), tokens=NoTokens())
+    try:
+        response = await gateway.usage(get("/usage", "from=2026-11-01&to=2026-11-30", {"api-key": KEY}))
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "5"
+        error = json.loads(bytes(response.body))["error"]
+        assert error["code"] == "storage_unavailable"
+        assert "Table Storage" in error["message"]
     finally:
         await gateway.close()
