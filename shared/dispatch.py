@@ -454,7 +454,7 @@ class Dispatcher:
             used = self._health.block_tokens(host.key, max(1, inbound.cost), judgement.retry_after)
             self._telemetry.rate_limited(host.name, "tokens")
             self._telemetry.cooled(host.name, "token_limit")
-            self.ledger.surprised(host.key, requests=False)
+            self.ledger.surprised(host.key, requests=False, retry_after=judgement.retry_after)
             log.info(
                 "host %s: token-limit 429 for a %d-token request; such requests wait %.1fs",
                 host.key,
@@ -468,7 +468,7 @@ class Dispatcher:
             self._telemetry.rate_limited(host.name, kind)
             self._telemetry.cooled(host.name, verdict.value)
             if verdict is Verdict.REQUEST_LIMIT:
-                self.ledger.surprised(host.key, requests=True)
+                self.ledger.surprised(host.key, requests=True, retry_after=judgement.retry_after)
             log.info("host %s answered 429 (%s); cooling down %.1fs", host.key, verdict.value, used)
         elif verdict is Verdict.REFUSED:
             reason = (

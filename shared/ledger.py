@@ -12,8 +12,12 @@ is moved forward by what this instance has reserved since and what has expired f
 since, which only ever underestimates what the host has left.
 
 Each window counts a charge a little longer than Azure does (the expiry margin): our stamp is taken
-before Azure's. The margin starts small and doubles each time the host answers a 429 our view did
-not foresee, then decays back (half-life one minute), so it follows the real send-to-admit delay.
+before Azure's. The margin starts small (`expiry_margin_seconds`); a 429 our view did not foresee
+widens it by how late the view was, which the 429's Retry-After says (the host frees room that long
+after this view did, when the request was sent the moment the view had room), or doubles it when the
+429 gave no time; then it decays back to the floor with a half-life of its window's length (a surprise is
+remembered about as long as the charges it was about are counted). So it follows the real send-to-admit
+jitter without giving away a fixed share of every window.
 
 Real usage is recorded per (UTC day, client, deployment): what /usage reports and what daily
 quotas are checked against.
@@ -31,7 +35,7 @@ from shared.clock import Clock
 from shared.window import SlidingWindow
 
 MAX_MARGIN_SECONDS = 2.0
-MARGIN_HALF_LIFE_SECONDS = 60.0
+MIN_MARGIN_STEP = 0.01  # a surprise always widens the margin by at least this much
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ class Ledger(Protocol):
     def observe(
         self, reservation: Reservation, remaining_tokens: int | None, remaining_requests: int | None
     ) -> None: ...
-    def surprised(self, key: str, requests: bool) -> None: ...
+    def surprised(self, key: str, requests: bool, retry_after: float | None) -> None: ...
     def headroom(self, key: str, tpm: int, rpm: int) -> tuple[float, float]: ...
     def seconds_until(self, key: str, tokens: int, tpm: int, rpm: int) -> float: ...
     def window_tokens(self, key: str) -> float: ...
@@ -157,17 +161,21 @@ class _Margin:
     """How much longer than Azure a window counts a charge: doubled by a surprise 429, decaying back."""
 
     floor: float
+    half_life: float
     peak: float = 0.0
     since: float = 0.0
 
     def at(self, now: float) -> float:
         if self.peak <= self.floor:
             return self.floor
-        decay: float = 0.5 ** ((now - self.since) / MARGIN_HALF_LIFE_SECONDS)
+        decay: float = 0.5 ** ((now - self.since) / self.half_life)
         return self.floor + (self.peak - self.floor) * decay
 
-    def widen(self, now: float) -> None:
-        self.peak = min(MAX_MARGIN_SECONDS, max(2 * self.at(now), 2 * self.floor, 0.05))
+    def widen(self, now: float, late_by: float | None) -> None:
+        """Count charges `late_by` longer than now (at least a little); None: twice as long."""
+        current = self.at(now)
+        grown = 2 * max(current, MIN_MARGIN_STEP) if late_by is None else current + max(late_by, MIN_MARGIN_STEP)
+        self.peak = min(MAX_MARGIN_SECONDS, grown)
         self.since = now
 
 
@@ -175,8 +183,8 @@ class _Book:
     def __init__(self, window: float, request_window: float, margin: float) -> None:
         self.tokens = SlidingWindow(window, resolution=window / 240)
         self.requests = SlidingWindow(request_window, resolution=request_window / 200)
-        self.token_margin = _Margin(margin)
-        self.request_margin = _Margin(margin)
+        self.token_margin = _Margin(margin, window)
+        self.request_margin = _Margin(margin, request_window)
         self.reserved_tokens = 0.0  # cumulative, net of releases
         self.reserved_requests = 0.0
         self.open_tokens = 0.0  # estimates of requests not settled yet (in flight)
@@ -282,10 +290,10 @@ class LocalLedger:
             if book.request_hint is None or hint.mark >= book.request_hint.mark:
                 book.request_hint = hint
 
-    def surprised(self, key: str, requests: bool) -> None:
-        """The upstream answered a 429 this view did not foresee: count charges longer for a while."""
+    def surprised(self, key: str, requests: bool, retry_after: float | None) -> None:
+        """The host answered a 429 this view did not foresee: count charges longer, by what it says."""
         book = self._book(key)
-        (book.request_margin if requests else book.token_margin).widen(self._clock.now())
+        (book.request_margin if requests else book.token_margin).widen(self._clock.now(), retry_after)
 
     def headroom(self, key: str, tpm: int, rpm: int) -> tuple[float, float]:
         """(tokens, requests) the windows of `key` can still take now."""

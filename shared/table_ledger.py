@@ -155,8 +155,8 @@ class TableLedger:
     def observe(self, reservation: Reservation, remaining_tokens: int | None, remaining_requests: int | None) -> None:
         self._local.observe(reservation, remaining_tokens, remaining_requests)
 
-    def surprised(self, key: str, requests: bool) -> None:
-        self._local.surprised(key, requests)
+    def surprised(self, key: str, requests: bool, retry_after: float | None) -> None:
+        self._local.surprised(key, requests, retry_after)
 
     def headroom(self, key: str, tpm: int, rpm: int) -> tuple[float, float]:
         if self._cold():

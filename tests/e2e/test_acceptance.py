@@ -20,6 +20,7 @@ from tests.e2e.conftest import TIME_SCALE, fresh_stack
 MAX_TOKENS = 400
 MINUTES = 2
 DURATION = 60.0 * MINUTES
+PRECISE_TIME_SCALE = 10.0
 
 
 def rate_for(stack: Stack, fraction: float) -> float:
@@ -72,19 +73,57 @@ async def test_below_capacity_no_429s_and_shares_follow_quota_while_round_robin_
     assert plain.rejected_429 > 0
 
 
-async def test_overload_serves_the_aggregate_quota_and_rejects_the_rest_with_retry_after(regions: Stack) -> None:
-    stack = regions
+def upstream_sends(stack: Stack) -> int:
+    """Generations that reached a region: admitted or refused there."""
+    return sum(
+        d["admitted_requests"] + d["throttled_quota"] + d["throttled_capacity"] + d["errors_500"]
+        for r in stack.regions
+        for d in stack.region_stats(r.name)["deployments"].values()
+    )
+
+
+@pytest.mark.parametrize(
+    ("bound", "max_tokens"),
+    [("requests", 100), ("tokens", MAX_TOKENS)],
+    ids=["request-bound", "token-bound"],
+)
+async def test_overload_at_133_percent_serves_98_percent_of_the_aggregate_with_1_percent_upstream_429s(
+    tmp_path: Path, bound: str, max_tokens: int
+) -> None:
+    """At 133% of whichever limit binds, the gateway fills the regions' windows (>= 98%) without
+    overrunning them (upstream 429s <= 1% of what it sends): the margin behind Azure's window adapts.
+
+    On 10x time, not 30x: what is measured is how closely the gateway follows the regions' 10-second
+    request windows, and compressed time scales the machine's own scheduling jitter with it (at 30x a
+    10 ms stall of a loaded 2-core machine is 0.3 simulated seconds, 3% of a request window: a noise
+    no real region sees)."""
+    with Stack(tmp_path, time_scale=PRECISE_TIME_SCALE) as stack:
+        await _overload_at_133_percent(stack, bound, max_tokens)
+
+
+async def _overload_at_133_percent(stack: Stack, bound: str, max_tokens: int) -> None:
+    cost = load.request_cost(max_tokens)
+    aggregate_tpm = sum(r.tpm for r in stack.regions)
+    aggregate_rpm = sum(r.tpm * 6 // 1000 for r in stack.regions)  # Azure's default ratio, as configured
+    assert (aggregate_rpm * cost < aggregate_tpm) == (bound == "requests")  # the limit named binds first
+    rate = 1.33 * (aggregate_rpm / 60.0 if bound == "requests" else aggregate_tpm / 60.0 / cost)
     gateway = [load.Target(load.gateway_client(stack.url, stack.client_key), CHAT, "gateway")]
     result = await load.run_load(
-        gateway, rate=rate_for(stack, 1.30), duration=DURATION, time_scale=TIME_SCALE, max_tokens=MAX_TOKENS
+        gateway, rate=rate, duration=DURATION, time_scale=PRECISE_TIME_SCALE, max_tokens=max_tokens
     )
-    capacity = sum(r.tpm for r in stack.regions) * MINUTES
-    ratio = result.tokens_served / capacity
-    print(f"\noverload: {dict(result.statuses)} served {result.tokens_served}/{capacity} = {ratio:.2%}")
-    assert ratio >= 0.95
-    assert set(result.statuses) <= {200, 429}
+    if bound == "requests":
+        served, capacity = result.statuses[200], aggregate_rpm * MINUTES
+    else:
+        served, capacity = result.tokens_served, aggregate_tpm * MINUTES
+    sends, refused = upstream_sends(stack), upstream_429s(stack)
+    print(
+        f"\n133% {bound}-bound (max_tokens {max_tokens}): {dict(result.statuses)}, served {served} of {capacity} "
+        f"= {served / capacity:.2%}; upstream {refused} 429s of {sends} sends = {refused / sends:.2%}"
+    )
+    assert served / capacity >= 0.98
+    assert refused <= 0.01 * sends
+    assert set(result.statuses) <= {200, 429}, result.errors[:5]
     assert result.rejected_429 > 0 and result.missing_retry_after == 0
-    assert upstream_429s(stack) <= 2  # the gateway, not Azure, says no
 
 
 async def test_a_region_down_and_another_failing_lose_no_request(regions: Stack) -> None:

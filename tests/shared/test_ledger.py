@@ -115,24 +115,41 @@ def test_request_limit_is_rpm_over_ten_seconds(ledger: LocalLedger) -> None:
     assert ledger.headroom(H, BIG_TPM, 60)[1] == 10 - 3
 
 
-def test_a_surprise_429_widens_the_margin_which_then_decays(ledger: LocalLedger, clock: ManualClock) -> None:
-    reserve(ledger, 1)
-    ledger.surprised(H, requests=True)  # 0.1 -> 0.2
-    ledger.surprised(H, requests=True)  # -> 0.4
-    clock.advance(10.4)  # 10.05 + 0.4 would let it go at 10.45
+def test_a_surprise_429_without_a_retry_after_doubles_the_margin_which_then_decays(
+    ledger: LocalLedger, clock: ManualClock
+) -> None:
+    reserve(ledger, 1)  # at 0: counted until 10.05 (its bucket's end + 10 s) + the margin (0.1)
+    clock.advance(10.0)
+    ledger.surprised(H, requests=True, retry_after=None)  # 0.1 -> 0.2
+    ledger.surprised(H, requests=True, retry_after=None)  # -> 0.4
+    clock.advance(0.4)  # the margin has barely decayed: still counted (the floor would have let it go)
     assert ledger.headroom(H, BIG_TPM, 6)[1] == 0
-    clock.advance(0.06)
+    clock.advance(0.1)
     assert ledger.headroom(H, BIG_TPM, 6)[1] == 1
-    clock.advance(600)  # ten half-lives later the margin is back near its floor
+    clock.advance(100)  # ten half-lives (the request window's length) later it is back near its floor
     reserve(ledger, 1)
     clock.advance(10.2)
     assert ledger.headroom(H, BIG_TPM, 6)[1] == 1
-    ledger.surprised(H, requests=False)  # the token margin is separate and bounded
-    for _ in range(20):
-        ledger.surprised(H, requests=False)
+    for _ in range(20):  # the token margin is separate, and bounded
+        ledger.surprised(H, requests=False, retry_after=None)
     reserve(ledger, 100)
     clock.advance(60.25 + 2.0 + 0.01)
     assert tokens_free(ledger) == BIG_TPM
+
+
+def test_a_surprise_429_widens_the_margin_by_how_late_the_view_was_not_by_a_fixed_factor(
+    ledger: LocalLedger, clock: ManualClock
+) -> None:
+    # A 429 saying "room in 1.0" for a request sent the moment this view had room: the host frees room
+    # 1.0 later than the view did, so the margin grows from 0.1 to 1.1, not to a doubled 0.2 (too little:
+    # more 429s) nor to some guess (too much: quota given away in every window).
+    reserve(ledger, 1)  # at 0: counted until 10.05 + the margin
+    clock.advance(10.0)
+    ledger.surprised(H, requests=True, retry_after=1.0)
+    clock.advance(1.0)  # the margin has decayed to ~1.03 by now: still counted (a doubled one would not be)
+    assert ledger.headroom(H, BIG_TPM, 6)[1] == 0
+    clock.advance(0.2)
+    assert ledger.headroom(H, BIG_TPM, 6)[1] == 1
 
 
 def test_a_hint_tightens_headroom_and_later_reservations_tighten_it_more(

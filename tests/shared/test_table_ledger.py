@@ -542,7 +542,7 @@ def test_the_request_path_never_waits_on_storage(clock: ManualClock) -> None:
     a.seconds_until(HOST, 200_000, TPM, RPM)
     a.settle(reservation, TokenUsage(100, 200))
     a.release(a.reserve((HOST,), 10, prompt=0, client="app-a", deployment="gpt-4o"))
-    a.surprised(HOST, requests=False)
+    a.surprised(HOST, requests=False, retry_after=0.5)
     assert a.window_tokens(HOST) == a.own_window_tokens(HOST) == 1_000 + 10 - 10
     assert a.day_tokens("app-a") == 300 and a.records() and a.host_usage()
     assert a.describe()["storage_ok"]
