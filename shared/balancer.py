@@ -4,10 +4,11 @@ Pure: the caller passes a snapshot of every candidate host and a random source. 
 (weighted) compared on free fraction spread load in proportion to quota, and many instances with
 slightly stale views do not all herd onto the single emptiest host.
 
-Panic mode (Envoy's panic threshold): when active health checking alone would exclude every host,
-the probes are ignored and the hosts are used as if healthy. A probe can be wrong (a path the
-upstream does not serve, a fault on that path only); a gateway that stops serving because of it is
-worse than one that tries.
+Panic mode (Envoy's panic threshold): when the hosts active health checking trusts hold less than
+half the quota of the hosts live traffic lets through, the probes are ignored and every ready host
+is used. A probe can be wrong (a path the upstream does not serve, a fault on that path only); a
+gateway that stops serving because of it is worse than one that tries, and probes turn one host at
+a time, so waiting for the last one to fail would first pile the whole load onto it.
 """
 
 from __future__ import annotations
@@ -44,14 +45,23 @@ class Choice:
         return self.candidate.host
 
 
+PANIC_THRESHOLD = 0.5  # Envoy's default healthy_panic_threshold, as a share of quota rather than of hosts
+
+
+def below_panic_threshold(trusted_quota: float, quota: float) -> bool:
+    return trusted_quota < PANIC_THRESHOLD * quota
+
+
 def usable(candidates: Sequence[Candidate]) -> tuple[list[Candidate], bool]:
-    """The candidates health lets through, and whether that needed panic mode."""
-    trusted = [c for c in candidates if not c.probe_down]
-    if any(c.ready_in == 0.0 for c in trusted):
-        return trusted, False
-    # Probe verdicts alone exclude every host that is otherwise ready: route to those anyway.
-    doubted = [c for c in candidates if c.probe_down and c.ready_in == 0.0]
-    return (doubted, True) if doubted else (trusted, False)
+    """The candidates health lets through, and whether that needed panic mode.
+
+    Hosts held back by live traffic's own evidence (cooldowns, ejections) count on neither side.
+    """
+    ready = [c for c in candidates if c.ready_in == 0.0]
+    trusted_quota = sum(c.host.tpm for c in ready if not c.probe_down)
+    if below_panic_threshold(trusted_quota, sum(c.host.tpm for c in ready)):
+        return ready, True
+    return [c for c in candidates if not c.probe_down], False
 
 
 def pick(candidates: Sequence[Candidate], rng: random.Random) -> Choice | None:

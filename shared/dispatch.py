@@ -228,19 +228,23 @@ class Dispatcher:
         )
 
     def _note_panic(self, plan: Plan) -> None:
-        """Panic mode: the active check fails on every host of the deployment, and traffic goes to them anyway
-        (whether live successes already vouch for some, or the balancer ignores the probes outright)."""
+        """Panic mode: the active check fails on hosts holding most of the deployment's quota, and traffic goes to
+        them anyway (whether live successes already vouch for some, or the balancer ignores the probes outright)."""
         if plan.home is not None or plan.deployment is None:
             return  # panic mode is about a deployment's hosts, not one object's home
-        panic = all(self._health.probe_failing(h.key) for h in plan.hosts)
+        passing = sum(h.tpm for h in plan.hosts if not self._health.probe_failing(h.key))
+        panic = balancer.below_panic_threshold(passing, sum(h.tpm for h in plan.hosts))
         if self._health.note_panic(plan.deployment, panic):
             if panic:
                 log.warning(
-                    "panic mode for %s: the active health check fails on every host; routing to them anyway",
+                    "panic mode for %s: the active health check fails on hosts holding most of its quota; "
+                    "routing to them anyway",
                     plan.deployment,
                 )
             else:
-                log.warning("panic mode for %s is over: a host passes its health check again", plan.deployment)
+                log.warning(
+                    "panic mode for %s is over: most of its quota passes the health check again", plan.deployment
+                )
 
     def _exhausted(self, plan: Plan, inbound: Inbound, admission: Admission, attempts: _Attempts) -> GatewayError:
         """The error when no host served: saturated (429), failed (502), none healthy (503), or our own fault."""

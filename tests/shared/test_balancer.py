@@ -115,6 +115,27 @@ def test_panic_also_when_every_host_the_probes_trust_is_cooling_down() -> None:
     assert choice is not None and choice.candidate is doubted and choice.panic
 
 
+def test_panic_when_the_hosts_the_probes_trust_hold_under_half_the_quota() -> None:
+    """Probes turn one by one: with two of three hosts doubted, the third cannot carry the deployment alone, so
+    every ready host is used (Envoy's panic threshold, 50% by default); with one of three doubted, it stays out."""
+    rng = random.Random(12)
+    trusted = cand("trusted")
+    doubted = [cand("d1", probe_down=True), cand("d2", probe_down=True)]
+    pool, panic = usable([trusted, *doubted])
+    assert panic and pool == [trusted, *doubted]
+    assert {picked([trusted, *doubted], rng) for _ in range(60)} == {"trusted", "d1", "d2"}
+    # A full trusted host below the threshold does not make the request wait: the doubted ones take it.
+    full = cand("trusted", fits=False, fits_in=5.0)
+    choice = pick([full, *doubted], rng)
+    assert choice is not None and choice.host.name in {"d1", "d2"} and choice.panic
+    # At or above the threshold the doubted host stays out, ready or not.
+    two = [cand("t1"), cand("t2")]
+    assert usable([*two, doubted[0]]) == (two, False)
+    # Hosts held back by live traffic's own evidence (cooldown, ejection) count for neither side.
+    cooling = cand("cooling", ready_in=3.0)
+    assert usable([trusted, cooling, doubted[0]]) == ([trusted, cooling], False)
+
+
 def test_no_panic_when_a_trusted_host_is_only_full() -> None:
     """Panic is about health, not load: a healthy host without room means wait or 429."""
     rng = random.Random(11)
@@ -151,8 +172,10 @@ _candidate = st.builds(
 @given(st.lists(_candidate, max_size=8), st.integers(0, 2**32))
 def test_pick_is_eligible_and_from_the_best_tier(candidates: list[Candidate], seed: int) -> None:
     chosen = pick(candidates, random.Random(seed))
-    trusted_ready = [c for c in candidates if not c.probe_down and c.ready_in == 0]
-    pool = trusted_ready or [c for c in candidates if c.probe_down and c.ready_in == 0]
+    ready = [c for c in candidates if c.ready_in == 0]
+    trusted_ready = [c for c in ready if not c.probe_down]
+    panic = len(trusted_ready) < len(ready) / 2  # every host here has the same quota
+    pool = ready if panic else trusted_ready
     allowed = [c for c in pool if c.fits]
     if not allowed:
         assert chosen is None
@@ -160,4 +183,4 @@ def test_pick_is_eligible_and_from_the_best_tier(candidates: list[Candidate], se
     assert chosen is not None
     assert any(chosen.candidate is c for c in allowed)
     assert chosen.host.priority == min(c.host.priority for c in allowed)
-    assert chosen.panic == (not trusted_ready)
+    assert chosen.panic == panic

@@ -276,7 +276,26 @@ async def test_probes_failing_everywhere_route_anyway_in_panic_mode(caplog: pyte
     assert CHAT in rig.health.panic()
     rig.health.set_probe(EAST.key, ProbeResult(True, "ok", 1.0, 1_700_000_001.0))
     await call(rig)
+    assert CHAT in rig.health.panic()  # a third of the quota passing is not enough
+    rig.health.set_probe(WEST.key, ProbeResult(True, "ok", 1.0, 1_700_000_001.0))
+    await call(rig)
     assert rig.health.panic() == {}
+
+
+async def test_probes_failing_on_most_of_the_quota_are_panic_mode_before_the_last_host_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Probes turn one host at a time: with two of three failing, the third would carry everything alone."""
+    rig = make_rig()
+    for host in (EAST, WEST):
+        rig.health.set_probe(host.key, failing_probe())
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        out = await call(rig)
+        await call(rig)
+    assert out.status == 200 and CHAT in rig.health.panic()
+    assert caplog.text.count("panic mode for gpt-4o:") == 1
+    # The doubted first tier was tried with live traffic, which now vouches for it.
+    assert rig.session.sent[0].host == EAST and rig.health.probe_disagrees(EAST.key)
 
 
 async def test_a_probe_failing_on_one_host_only_sends_traffic_elsewhere() -> None:
