@@ -158,7 +158,7 @@ _SCRIPT = """
     section.dataset.deployment = name;
     if (panicSeconds !== undefined) {
       section.append(el("p", "panic",
-        `Panic mode for ${secs(panicSeconds)}: the health probe fails on hosts holding most of the quota, routing to them anyway.`));
+        `Panic mode for ${secs(panicSeconds)}: probes fail on hosts with most of the quota, routing to them anyway.`));
     }
     section.append(table("hosts",
       [["host", ""], ["window (tokens in the last minute, against quota)", ""], ["headroom", "num"],

@@ -231,7 +231,7 @@ async def test_cooldowns_ejections_panic_and_hostile_names_are_drawn_as_text(sta
         assert "ejected 30.0 s: 502 from upstream" in west["state"]
         assert [hostile[p]["tokens"] for p in ("used", "reserved", "free")] == [0, 0, 0]
         assert await page.locator(f'[data-deployment="{CHAT}"] .panic').inner_text() == (
-            "Panic mode for 12.5 s: the health probe fails on hosts holding most of the quota, routing to them anyway."
+            "Panic mode for 12.5 s: probes fail on hosts with most of the quota, routing to them anyway."
         )
         assert "seconds are simulated (30x time)" in await page.inner_text("#meta")
         assert await page.locator('tr[data-client="<b>bold</b>"] td').first.inner_text() == "<b>bold</b>"
