@@ -79,6 +79,8 @@ class Stack:
     clients: Sequence[Mapping[str, Any]] = ()
     local_dev: Mapping[str, Any] = field(default_factory=dict)
     extra_config: Mapping[str, Any] = field(default_factory=dict)
+    # More logical deployments beside the simulated regions' ones: name -> host entries of the config.
+    extra_deployments: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict, init=False)
     credential: str = "static"  # or "managed-identity": the simulator's identity endpoint issues the tokens
     token_lifetime: float = 3600.0  # real seconds a managed-identity token lives
@@ -178,7 +180,7 @@ class Stack:
             self.keys.setdefault(client["name"], "gw-" + secrets.token_urlsafe(24))
             clients.append({"key_setting": _key_setting(client["name"]), **client})
         return {
-            "deployments": {CHAT: chat, EMBEDDINGS: embeddings},
+            "deployments": {CHAT: chat, EMBEDDINGS: embeddings, **self.extra_deployments},
             "clients": clients,
             "routing": dict(self.routing),
             **self.extra_config,
