@@ -299,17 +299,22 @@ async def measure(stack: Stack, servers: list[Server], canned_pid: int, args: ar
     for server in servers:
         await cpu_per_request(server, region_pid, chat(False, 16), 300, args.concurrency)
         await cpu_per_request(server, region_pid, chat(True, 20), 30, args.stream_concurrency)
-    log(f"CPU per request: {args.requests} JSON requests per process, {args.concurrency} at a time")
-    await json_phase(servers, region_pid, args)
-    stack.set_latency(region_name, per_token=STREAM_PACE)
-    log(f"CPU per event: {args.stream_requests} streams of {args.stream_tokens} and of 1 token per process")
-    await stream_phase(servers, region_pid, args)
-    stack.set_latency(region_name, per_token=0.0)
-    log(f"requests per second on one core: {args.rps_seconds:g} s at {args.rps_concurrency} at a time")
-    await rps_phase(servers, canned_pid, args)
-    stack.set_latency(region_name, per_token=HOLD)
-    log(f"memory: {args.streams} streams held open per process")
-    await memory_phase(servers, args)
+    phases = set(args.phases.split(","))
+    if "json" in phases:
+        log(f"CPU per request: {args.requests} JSON requests per process, {args.concurrency} at a time")
+        await json_phase(servers, region_pid, args)
+    if "stream" in phases:
+        stack.set_latency(region_name, per_token=STREAM_PACE)
+        log(f"CPU per event: {args.stream_requests} streams of {args.stream_tokens} and of 1 token per process")
+        await stream_phase(servers, region_pid, args)
+        stack.set_latency(region_name, per_token=0.0)
+    if "rps" in phases:
+        log(f"requests per second on one core: {args.rps_seconds:g} s at {args.rps_concurrency} at a time")
+        await rps_phase(servers, canned_pid, args)
+    if "memory" in phases:
+        stack.set_latency(region_name, per_token=HOLD)
+        log(f"memory: {args.streams} streams held open per process")
+        await memory_phase(servers, args)
 
 
 METRICS = (
@@ -394,6 +399,8 @@ def main() -> None:
     parser.add_argument("--rps-rounds", type=int, default=2)
     parser.add_argument("--rps-concurrency", type=int, default=32)
     parser.add_argument("--streams", type=int, default=1000, help="streams held open at once for memory")
+    parser.add_argument("--phases", default="json,stream,rps,memory", help="which to run (comma-separated)")
+    parser.add_argument("--only", help="measure only the processes whose label contains one of these (comma-separated)")
     parser.add_argument("--profile", metavar="FILE", help="profile the gateway alone instead, stats to FILE")
     args = parser.parse_args()
     regions = (RegionSpec("eastus", 100_000_000),)
@@ -449,6 +456,8 @@ def main() -> None:
                 servers.append(
                     Server(label, key, stack.host_pids[index], gateways[index], canned_gateway(stack, index))
                 )
+            if args.only:
+                servers = [s for s in servers if any(word in s.label for word in args.only.split(","))]
             uvloop.run(measure(stack, servers, canned_pid, args))
     table, numbers = report(servers, args)
     print(table)

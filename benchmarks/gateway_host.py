@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import signal
 import sys
 from pathlib import Path
 
@@ -49,12 +50,17 @@ def main() -> None:
         host.main()
         return
     profiler = cProfile.Profile()
-    profiler.enable()
-    try:
-        host.main()
-    finally:
+
+    def dump(*_: object) -> None:
         profiler.disable()
         profiler.dump_stats(own.profile)
+        raise SystemExit(0)
+
+    # uvicorn shuts down on SIGTERM, then raises the signal again for the handler it found: this one.
+    signal.signal(signal.SIGTERM, dump)
+    profiler.enable()
+    host.main()
+    dump()
 
 
 if __name__ == "__main__":
