@@ -114,7 +114,7 @@ def respond(outgoing: Outgoing, record: RequestRecord, telemetry: Telemetry) -> 
     headers = outgoing.headers
     # The upstream's request id, when it gave one, is the id of the whole exchange: the client, the
     # access log and Azure's own logs then name the request alike.
-    record.request_id = headers.get(REQUEST_ID_HEADER) or record.request_id
+    record.request_id = headers.get(REQUEST_ID_HEADER) or record.ensure_id()
     headers[REQUEST_ID_HEADER] = record.request_id
     record.status = outgoing.status
     if outgoing.stream is not None:
@@ -125,7 +125,12 @@ def respond(outgoing: Outgoing, record: RequestRecord, telemetry: Telemetry) -> 
             _log(record, telemetry)
 
         return StreamingResponse(stream, outgoing.status, headers, background=BackgroundTask(finished))
-    return Response(outgoing.body, outgoing.status, headers, background=BackgroundTask(_log, record, telemetry))
+
+    async def sent() -> None:
+        # A coroutine: Starlette runs a plain function's background task in a worker thread, a thread hop per answer.
+        _log(record, telemetry)
+
+    return Response(outgoing.body, outgoing.status, headers, background=BackgroundTask(sent))
 
 
 def error_response(exc: GatewayError, record: RequestRecord, telemetry: Telemetry | None = None) -> Response:
