@@ -371,7 +371,8 @@ def profile(workdir: Path, args: argparse.Namespace) -> None:
         async def load() -> None:
             stack.set_latency("eastus", ttft=0.0, per_token=0.0)
             log(f"profiling: {args.requests} JSON requests, {args.stream_requests} streams of {args.stream_tokens}")
-            await cpu_per_request(server, stack.simulator_pid, chat(False, 16), args.requests, args.concurrency)
+            if args.requests:
+                await cpu_per_request(server, stack.simulator_pid, chat(False, 16), args.requests, args.concurrency)
             stack.set_latency("eastus", per_token=STREAM_PACE)
             await cpu_per_request(
                 server,

@@ -40,6 +40,7 @@ class Decoder:
             self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif encoding == "deflate":
             self._inflate = zlib.decompressobj()
+        self.identity = self._inflate is None
 
     def feed(self, data: bytes) -> list[bytes]:
         if self._inflate is None:
@@ -56,21 +57,82 @@ class Decoder:
         return pieces
 
 
+class IdleTimer:
+    """The stream-idle timeout of one body, without a timer per read: `asyncio.timeout` around every read of a
+    long stream costs a timer scheduled and cancelled per event. Here a read only notes its deadline; the one
+    timer, when it fires early, moves itself to the latest deadline, and cancels the read in progress only when
+    that has passed. A timer firing between reads waits for the next one."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[object] | None = None  # the task reading now, if any
+        self._deadline = 0.0
+        self._cancelling = 0
+        self.expired = False
+
+    def reading(self) -> None:
+        """A read starts: it must end within `seconds`."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._task, self._cancelling = task, task.cancelling()
+        self._deadline = self._loop.time() + self._seconds
+        if self._handle is None:
+            self._handle = self._loop.call_at(self._deadline, self._fire)
+
+    def done(self) -> None:
+        self._task = None
+
+    def timed_out(self) -> bool:
+        """After a CancelledError in a read: was it this timer's (then the cancellation is taken back)?"""
+        if not self.expired or self._task is None:
+            return False
+        self.expired = False
+        return self._task.uncancel() <= self._cancelling
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self._task is None:
+            return  # between reads: the next read arms the timer again
+        if self._loop.time() < self._deadline:
+            self._handle = self._loop.call_at(self._deadline, self._fire)
+            return
+        self.expired = True
+        self._task.cancel()
+
+
 async def chunks(response: aiohttp.ClientResponse, idle: float, decoder: Decoder) -> AsyncIterator[bytes]:
     """The body as it arrives, decoded; `idle` is real seconds allowed between two reads."""
     content = response.content
-    while True:
-        try:
-            async with asyncio.timeout(idle):
+    timer = IdleTimer(idle)
+    try:
+        while True:
+            timer.reading()
+            try:
                 data = await content.readany()
-        except TimeoutError:
-            raise CutOff("the upstream went silent") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise CutOff(f"the upstream connection broke ({type(exc).__name__})") from None
-        if not data:
-            return
-        for piece in decoder.feed(data):
-            yield piece
+            except asyncio.CancelledError:
+                if timer.timed_out():
+                    raise CutOff("the upstream went silent") from None
+                raise
+            except (aiohttp.ClientError, OSError) as exc:
+                raise CutOff(f"the upstream connection broke ({type(exc).__name__})") from None
+            finally:
+                timer.done()
+            if not data:
+                return
+            if decoder.identity:
+                yield data
+            else:
+                for piece in decoder.feed(data):
+                    yield piece
+    finally:
+        timer.close()
 
 
 async def read_capped(body: AsyncIterator[bytes], cap: int) -> tuple[list[bytes], bool]:
@@ -134,12 +196,16 @@ class Relay:
 async def sse_events(
     body: AsyncIterator[bytes], scanner: SseScanner, watch: Callable[[bytes], Awaitable[None]] | None
 ) -> AsyncIterator[bytes]:
-    """Whole events as they complete; a stream that ends without its own terminal event was cut off."""
+    """Whole events as they complete, those of one read in one piece (one write to the client, not one per
+    event); a stream that ends without its own terminal event was cut off."""
     async for piece in body:
-        for event in scanner.feed(piece):
-            if watch is not None:
+        events = scanner.feed(piece)
+        if not events:
+            continue
+        if watch is not None:
+            for event in events:
                 await watch(event)
-            yield event
+        yield events[0] if len(events) == 1 else b"".join(events)
     rest = scanner.flush()
     if rest:
         yield rest
