@@ -373,14 +373,10 @@ def profile(workdir: Path, args: argparse.Namespace) -> None:
             log(f"profiling: {args.requests} JSON requests, {args.stream_requests} streams of {args.stream_tokens}")
             if args.requests:
                 await cpu_per_request(server, stack.simulator_pid, chat(False, 16), args.requests, args.concurrency)
-            stack.set_latency("eastus", per_token=STREAM_PACE)
-            await cpu_per_request(
-                server,
-                stack.simulator_pid,
-                chat(True, args.stream_tokens),
-                args.stream_requests,
-                args.stream_concurrency,
-            )
+            if args.stream_requests:
+                stack.set_latency("eastus", per_token=STREAM_PACE)
+                body = chat(True, args.stream_tokens)
+                await cpu_per_request(server, stack.simulator_pid, body, args.stream_requests, args.stream_concurrency)
 
         uvloop.run(load())
     stats = pstats.Stats(str(out))
