@@ -429,10 +429,11 @@ class Dispatcher:
             # Large or binary (file content, audio, batch output): relayed as it arrives, never held whole.
             return Outgoing(status, headers, stream=self._passthrough(hold, relay.prepend(parts, body), record))
         if status < 300:
-            used = usage.usage_from_json(content)
+            doc = usage.json_or_none(content)  # parsed once: usage and the objects it tells of
+            used = usage.usage_of(doc)
             hold.settle(used)
             record.input_tokens, record.output_tokens = (used.prompt, used.completion) if used else (None, None)
-            await self._placement.served(plan, inbound.route, host, usage.json_or_none(content))
+            await self._placement.served(plan, inbound.route, host, doc)
         else:
             hold.release()  # a 4xx from the model (bad parameter, content filter): not run
         return Outgoing(status, headers, body=content)

@@ -111,7 +111,11 @@ def json_or_none(content: bytes) -> Any:
 
 
 def usage_from_json(body: bytes) -> TokenUsage | None:
-    doc = json_or_none(body)
+    return usage_of(json_or_none(body))
+
+
+def usage_of(doc: Any) -> TokenUsage | None:
+    """The usage in a parsed JSON answer (or a Responses event wrapping the response), if any."""
     if not isinstance(doc, dict):
         return None
     if "usage" in doc:
