@@ -10,9 +10,11 @@ answer is complete or its client left.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from urllib.parse import parse_qsl
 
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
@@ -39,6 +41,22 @@ def path_of(request: Request) -> str:
     return raw_path.decode("latin-1").partition("?")[0] if raw_path else request.url.path
 
 
+def query_of(request: Request) -> list[tuple[str, str]]:
+    """The query's items, as Starlette parses them; a short query (they repeat: `api-version=...`) once."""
+    raw: bytes = request.scope.get("query_string", b"")
+    if len(raw) <= _CACHED_QUERY_BYTES:
+        return list(_parsed_query(raw))
+    return request.query_params.multi_items()
+
+
+_CACHED_QUERY_BYTES = 256
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_query(raw: bytes) -> tuple[tuple[str, str], ...]:
+    return tuple(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
+
+
 async def serve(request: Request, handle: Handler, record: RequestRecord, telemetry: Telemetry) -> Response:
     telemetry.start(record, request.headers)
     task = asyncio.current_task()
@@ -53,9 +71,7 @@ async def serve(request: Request, handle: Handler, record: RequestRecord, teleme
         return body
 
     try:
-        outgoing = await handle(
-            request.method, path_of(request), request.query_params.multi_items(), request.headers, read_body, record
-        )
+        outgoing = await handle(request.method, path_of(request), query_of(request), request.headers, read_body, record)
     except asyncio.CancelledError:
         if not gone.is_set():
             raise
@@ -138,6 +154,9 @@ def error_response(exc: GatewayError, record: RequestRecord, telemetry: Telemetr
     return respond(Outgoing.error(exc), record, telemetry or Telemetry())
 
 
+_ACCESS_LINE = json.JSONEncoder(separators=(",", ":"))
+
+
 def _log(record: RequestRecord, telemetry: Telemetry) -> None:
-    access.info(json.dumps(record.fields(), separators=(",", ":")))
+    access.info(_ACCESS_LINE.encode(record.fields()))
     telemetry.finish(record)
