@@ -364,6 +364,8 @@ def profile(workdir: Path, args: argparse.Namespace) -> None:
     out = Path(args.profile)
     regions = (RegionSpec("eastus", 100_000_000),)
     command = ("-m", "benchmarks.gateway_host", "--profile", str(out.resolve()))
+    if args.profile_telemetry:
+        command += ("--telemetry", "memory")
     with Stack(workdir, regions=regions, routing={"max_in_flight": 10_000}, host_commands=(command,)) as stack:
         _, _, [gateway] = targets(stack, {})
         server = Server("gateway", "", stack.host_pids[0], gateway)
@@ -380,8 +382,33 @@ def profile(workdir: Path, args: argparse.Namespace) -> None:
 
         uvloop.run(load())
     stats = pstats.Stats(str(out))
+    print(by_package(stats))
     stats.sort_stats("tottime").print_stats(30)
     stats.sort_stats("cumulative").print_stats(40)
+
+
+def by_package(stats: pstats.Stats) -> str:
+    """Own time summed per module of the gateway and per third-party package: where the time goes."""
+    totals: dict[str, float] = {}
+    everything = 0.0
+    for (filename, _, _), (_, _, own, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        path = filename.replace("\\", "/")
+        if "/site-packages/" in path:
+            name = path.split("/site-packages/", 1)[1].split("/", 1)[0]
+        elif "/shared/" in path:
+            name = "shared/" + path.rsplit("/", 1)[1]
+        elif path.startswith("<") or path == "~":
+            name = "builtins and C (socket writes, parsers, ...)"
+        elif "/lib/python3" in path:
+            name = "stdlib " + path.rsplit("/lib/python3", 1)[1].split("/", 2)[1].removesuffix(".py")
+        else:
+            name = path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[1]
+        totals[name] = totals.get(name, 0.0) + own
+        everything += own
+    lines = [f"own time by module or package ({everything:.2f} s in all, profiler overhead included):"]
+    for name, seconds in sorted(totals.items(), key=lambda item: -item[1])[:30]:
+        lines.append(f"  {seconds / everything:6.1%}  {seconds:7.3f} s  {name}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -399,6 +426,7 @@ def main() -> None:
     parser.add_argument("--phases", default="json,stream,rps,memory", help="which to run (comma-separated)")
     parser.add_argument("--only", help="measure only the processes whose label contains one of these (comma-separated)")
     parser.add_argument("--profile", metavar="FILE", help="profile the gateway alone instead, stats to FILE")
+    parser.add_argument("--profile-telemetry", action="store_true", help="with --profile: telemetry on, in memory")
     args = parser.parse_args()
     regions = (RegionSpec("eastus", 100_000_000),)
     with tempfile.TemporaryDirectory() as tmp:
