@@ -1,10 +1,10 @@
 """HTTP in and out: a Starlette request becomes the router's call, its Outgoing a Starlette response.
 
-A client that hangs up costs nothing more: once its body is read, a watcher waits for the
-disconnect and cancels the request's task at whatever it awaits (the wait for a host, the upstream
-call), and every counter is given back on the way out. A disconnect is logged at info level; it is
-not the gateway's error. Each request leaves one JSON line on the `gateway.access` logger when its
-answer is complete or its client left.
+A client that hangs up costs nothing more: once its body is read, one watcher waits for the
+disconnect until the answer's last byte and cancels the request's task at whatever it awaits (the
+wait for a host, the upstream call, a stream's next event), and every counter is given back on the
+way out. A disconnect is logged at info level; it is not the gateway's error. Each request leaves
+one JSON line on the `gateway.access` logger when its answer is complete or its client left.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from urllib.parse import parse_qsl
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from shared.errors import GatewayError
 from shared.outgoing import REQUEST_ID_HEADER, Outgoing
 from shared.record import RequestRecord
+from shared.relay import Relay
 from shared.telemetry import Telemetry
 
 log = logging.getLogger("gateway")
@@ -61,37 +63,84 @@ async def serve(request: Request, handle: Handler, record: RequestRecord, teleme
     telemetry.start(record, request.headers)
     task = asyncio.current_task()
     assert task is not None
-    watcher: asyncio.Task[None] | None = None
-    gone = asyncio.Event()
+    watch: Watch | None = None
+    streaming = False
 
     async def read_body(limit: int) -> bytes:
-        nonlocal watcher
+        nonlocal watch
         body = await _read_body(request, limit)
-        watcher = asyncio.create_task(_watch(request, gone, task))
+        watch = Watch(request.receive, task)
         return body
 
     try:
         outgoing = await handle(request.method, path_of(request), query_of(request), request.headers, read_body, record)
+        streaming = outgoing.stream is not None
     except asyncio.CancelledError:
-        if not gone.is_set():
+        if watch is None or not watch.gone:
             raise
         task.uncancel()
         return _gone(record, telemetry)
     except ClientGone:
         return _gone(record, telemetry)
     finally:
-        if watcher is not None:
-            watcher.cancel()
-    return respond(outgoing, record, telemetry)
+        if watch is not None and not streaming:
+            watch.stop()
+    return respond(outgoing, record, telemetry, watch)
 
 
-async def _watch(request: Request, gone: asyncio.Event, task: asyncio.Task[object]) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            gone.set()
-            task.cancel()
-            return
+class Watch:
+    """The request's one disconnect watcher, from the end of its body to the end of its answer (a streamed one
+    included): a client that hangs up cancels the request's task at whatever it awaits, and `gone` says why."""
+
+    def __init__(self, receive: Receive, task: asyncio.Task[object]) -> None:
+        self.gone = False
+        self._task = task
+        self._watcher = asyncio.create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        self._task.cancel()
+
+    def stop(self) -> None:
+        """Before the answer's last byte leaves: the server tells a finished answer as a disconnect too."""
+        self._watcher.cancel()
+
+
+class Relayed(StreamingResponse):
+    """A relayed body sent chunk by chunk, watched by the request's own disconnect watcher (Starlette's
+    StreamingResponse runs a task group with a listener task of its own for every stream, on ASGI servers
+    before spec 2.4 such as uvicorn: a third task and its cancel scopes per open stream)."""
+
+    def __init__(
+        self,
+        body: Relay,
+        status: int,
+        headers: Mapping[str, str],
+        watch: Watch | None,
+        finished: Callable[[], Awaitable[None]],
+    ) -> None:
+        super().__init__(body, status, headers, background=BackgroundTask(finished))
+        self._watch = watch
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if self._watch is None or not self._watch.gone:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]  # the client left: finish as usual
+        except OSError:
+            pass  # a server that tells a client gone by failing the send (ASGI spec 2.4)
+        finally:
+            if self._watch is not None:
+                self._watch.stop()
+        if self.background is not None:
+            await self.background()
 
 
 def _gone(record: RequestRecord, telemetry: Telemetry) -> Response:
@@ -125,7 +174,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def respond(outgoing: Outgoing, record: RequestRecord, telemetry: Telemetry) -> Response:
+def respond(outgoing: Outgoing, record: RequestRecord, telemetry: Telemetry, watch: Watch | None = None) -> Response:
     """The Starlette response; the access line is written once it has been sent (or abandoned)."""
     headers = outgoing.headers
     # The upstream's request id, when it gave one, is the id of the whole exchange: the client, the
@@ -140,7 +189,7 @@ def respond(outgoing: Outgoing, record: RequestRecord, telemetry: Telemetry) -> 
             await stream.aclose()
             _log(record, telemetry)
 
-        return StreamingResponse(stream, outgoing.status, headers, background=BackgroundTask(finished))
+        return Relayed(stream, outgoing.status, headers, watch, finished)
 
     async def sent() -> None:
         # A coroutine: Starlette runs a plain function's background task in a worker thread, a thread hop per answer.
