@@ -62,6 +62,8 @@ class Admission:
 class _Hold:
     """What one attempt holds; `close` gives back whatever is left, exactly once."""
 
+    __slots__ = ("_closed", "_dispatcher", "reservation", "response", "sent", "span")
+
     def __init__(self, dispatcher: Dispatcher, reservation: Reservation | None, span: Any) -> None:
         self._dispatcher = dispatcher
         self.reservation = reservation

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass
+@dataclass(slots=True)
 class Attempt:
     host: str
     outcome: str  # "ok", a verdict ("token_limit", "failed", ...) or a breakage ("unreachable", ...)
@@ -21,7 +21,7 @@ class Attempt:
     status: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)  # one per request in flight, an open stream's included: no __dict__ each
 class RequestRecord:
     method: str
     path: str

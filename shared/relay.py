@@ -33,6 +33,8 @@ class CutOff(Exception):
 class Decoder:
     """gzip / deflate bodies decoded piece by piece; identity passes through."""
 
+    __slots__ = ("_inflate", "identity")
+
     def __init__(self, encoding: str) -> None:
         encoding = encoding.strip().lower()
         self._inflate = None
@@ -62,6 +64,8 @@ class IdleTimer:
     long stream costs a timer scheduled and cancelled per event. Here a read only notes its deadline; the one
     timer, when it fires early, moves itself to the latest deadline, and cancels the read in progress only when
     that has passed. A timer firing between reads waits for the next one."""
+
+    __slots__ = ("_cancelling", "_deadline", "_handle", "_loop", "_seconds", "_task", "expired")
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
@@ -131,6 +135,8 @@ async def chunks(response: aiohttp.ClientResponse, idle: float, decoder: Decoder
             else:
                 for piece in decoder.feed(data):
                     yield piece
+                    del piece
+            del data  # an open stream waits for its next read holding no bytes of the last (here and below)
     finally:
         timer.close()
 
@@ -154,6 +160,8 @@ Finish = Callable[[SseScanner | None, str], None]
 class Relay:
     """An answer body streamed to the client, and the one place its attempt is finished."""
 
+    __slots__ = ("_body", "_closed", "_finish", "_scanner", "first_byte")
+
     def __init__(self, body: AsyncIterator[bytes], finish: Finish, scanner: SseScanner | None = None) -> None:
         self._body = body
         self._finish = finish
@@ -173,6 +181,7 @@ class Relay:
                     self.first_byte()
                 first = False
                 yield piece
+                del piece
             ending = "complete"
         except CutOff:
             ending = "cut_off"
@@ -200,12 +209,17 @@ async def sse_events(
     event); a stream that ends without its own terminal event was cut off."""
     async for piece in body:
         events = scanner.feed(piece)
+        del piece
         if not events:
             continue
         if watch is not None:
             for event in events:
                 await watch(event)
-        yield events[0] if len(events) == 1 else b"".join(events)
+                del event
+        out = events[0] if len(events) == 1 else b"".join(events)
+        del events
+        yield out
+        del out
     rest = scanner.flush()
     if rest:
         yield rest

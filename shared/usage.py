@@ -169,6 +169,8 @@ class SseScanner:
     a `usage` other than null (one per stream) or may be a terminal event is parsed.
     """
 
+    __slots__ = ("_buffer", "_strip", "done", "usage")
+
     def __init__(self, strip_usage: bool = False) -> None:
         self._buffer = b""
         self._strip = strip_usage

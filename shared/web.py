@@ -92,6 +92,8 @@ class Watch:
     """The request's one disconnect watcher, from the end of its body to the end of its answer (a streamed one
     included): a client that hangs up cancels the request's task at whatever it awaits, and `gone` says why."""
 
+    __slots__ = ("_task", "_watcher", "gone")
+
     def __init__(self, receive: Receive, task: asyncio.Task[object]) -> None:
         self.gone = False
         self._task = task
@@ -127,8 +129,10 @@ class Relayed(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            self.raw_headers = []  # on the wire now; an open stream need not hold them
             async for chunk in self.body_iterator:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                del chunk  # not held while the next one is awaited
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if self._watch is None or not self._watch.gone:

@@ -145,3 +145,9 @@ async def test_events_of_one_read_go_out_in_one_piece() -> None:
     scanner = SseScanner()
     [p async for p in sse_events(pieces(b"data: 1\n\ndata: [DONE]\n\n"), scanner, watch)]
     assert seen == [b"data: 1\n\n", b"data: [DONE]\n\n"]  # watched one by one
+
+
+async def test_a_compressed_body_whose_read_decodes_to_nothing_yet_goes_on() -> None:
+    data = gzip.compress(b"hello world")
+    body = chunks(upstream(Content(data[:5], data[5:])), 60.0, Decoder("gzip"))
+    assert b"".join([piece async for piece in body]) == b"hello world"
