@@ -25,7 +25,8 @@ the region at almost no cost; the region itself is measured directly. "core busy
 process got (other work on a shared machine takes the rest); "req/CPU-second" is what a whole core would serve.
 
 Memory per open stream: the process's VmRSS with `--streams` streams open (each has sent
-its first event, the region holds the rest back) minus before, divided by their number.
+its first event, the region holds the rest back) minus before, divided by their number; "KiB/more stream" is
+the slope of VmRSS over the last two thirds of them (one-time growth and memory freed earlier left out).
 
 The last line printed is one JSON object with every number.
 """
@@ -239,10 +240,13 @@ async def rps_phase(servers: list[Server], canned_pid: int, args: argparse.Names
             pin(process, cpus)
 
 
-async def open_streams(server: Server, count: int) -> tuple[list[Connection], list[asyncio.Task[Answer]], int]:
-    """`count` streams open on `server`, each past its first event: (connections, their tasks, rss before)."""
+async def open_streams(
+    server: Server, count: int
+) -> tuple[list[Connection], list[asyncio.Task[Answer]], list[tuple[int, int]]]:
+    """`count` streams open on `server`, each past its first event, 100 at a time: the connections, their tasks
+    and (streams open, VmRSS KiB) before and after each hundred."""
     request = server.target.post(chat(True, 2))
-    rss_before = rss_kib(server.pid)
+    samples = [(0, rss_kib(server.pid))]
     connections: list[Connection] = []
     tasks: list[asyncio.Task[Answer]] = []
     answers: list[Answer] = []
@@ -258,12 +262,21 @@ async def open_streams(server: Server, count: int) -> tuple[list[Connection], li
                 await asyncio.gather(*(answer.started.wait() for answer in answers))
         except TimeoutError:
             raise SystemExit(f"{server.label}: not every stream started within 30 s") from None
-    return connections, tasks, rss_before
+        await asyncio.sleep(0.05)
+        samples.append((len(answers), rss_kib(server.pid)))
+    return connections, tasks, samples
+
+
+def slope(points: list[tuple[int, int]]) -> float:
+    """Least-squares KiB per stream."""
+    xs, ys = [float(x) for x, _ in points], [float(y) for _, y in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
 
 
 async def memory_phase(servers: list[Server], args: argparse.Namespace) -> None:
     for server in servers:
-        connections, tasks, before = await open_streams(server, args.streams)
+        connections, tasks, samples = await open_streams(server, args.streams)
         await asyncio.sleep(0.5)
         after = rss_kib(server.pid)
         finished = sum(task.done() for task in tasks)
@@ -274,9 +287,15 @@ async def memory_phase(servers: list[Server], args: argparse.Namespace) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         if finished:
             raise SystemExit(f"{server.label}: {finished} streams ended before memory was measured")
+        before = samples[0][1]
         server.add("kib_per_open_stream", (after - before) / args.streams)
+        # The growth past the first streams (one-time pools, reuse of memory freed earlier) is the cost of one more.
+        server.add("kib_per_more_stream", slope(samples[len(samples) // 3 :]))
         server.add("rss_mib_open_streams", after / 1024)
-        log(f"  {server.label}: {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB with {args.streams} open streams")
+        log(
+            f"  {server.label}: {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB with {args.streams} open streams "
+            f"({server.results['kib_per_more_stream'][-1]:.1f} KiB per stream past the first third)"
+        )
         await asyncio.sleep(1.0)  # let it hang up upstream before the next one is measured
 
 
@@ -325,6 +344,7 @@ METRICS = (
     ("busy_one_core", "core busy", 2),
     ("rps_per_cpu_second", "req/CPU-second", 0),
     ("kib_per_open_stream", "KiB/open stream", 1),
+    ("kib_per_more_stream", "KiB/more stream", 1),
 )
 
 
@@ -363,7 +383,7 @@ def profile(workdir: Path, args: argparse.Namespace) -> None:
     """The gateway alone under cProfile, JSON and streamed load; its top functions by own and cumulative time."""
     out = Path(args.profile)
     regions = (RegionSpec("eastus", 100_000_000),)
-    command = ("-m", "benchmarks.gateway_host", "--profile", str(out.resolve()))
+    command: tuple[str, ...] = ("-m", "benchmarks.gateway_host", "--profile", str(out.resolve()))
     if args.profile_telemetry:
         command += ("--telemetry", "memory")
     with Stack(workdir, regions=regions, routing={"max_in_flight": 10_000}, host_commands=(command,)) as stack:
