@@ -118,6 +118,7 @@ class Dispatcher:
         self._reserve = Reserve(clock, routing.window_seconds)
         self._reserve_wait = routing.request_window_seconds / 20  # re-check the reserve this often while waiting
         self.in_flight = 0
+        self._idle = relay.IdleTimeouts(clock.to_real(routing.stream_idle_timeout_seconds))
 
     async def dispatch(self, inbound: Inbound, plan: Plan, admission: Admission, record: RequestRecord) -> Outgoing:
         if inbound.metered:
@@ -400,7 +401,7 @@ class Dispatcher:
             self.ledger.observe(hold.reservation, *_remaining(upstream_headers))
         body = relay.chunks(
             response,
-            self._clock.to_real(self.routing.stream_idle_timeout_seconds),
+            self._idle,
             relay.Decoder(
                 "" if relay.passes_encoding(upstream_headers) else upstream_headers.get("content-encoding", "")
             ),

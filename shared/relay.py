@@ -13,6 +13,7 @@ started reading: that is when its attempt is settled (lease.py).
 from __future__ import annotations
 
 import asyncio
+import math
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
@@ -59,34 +60,77 @@ class Decoder:
         return pieces
 
 
-class IdleTimer:
-    """The stream-idle timeout of one body, without a timer per read: `asyncio.timeout` around every read of a
-    long stream costs a timer scheduled and cancelled per event. Here a read only notes its deadline; the one
-    timer, when it fires early, moves itself to the latest deadline, and cancels the read in progress only when
-    that has passed. A timer firing between reads waits for the next one."""
+class IdleTimeouts:
+    """The stream-idle timeouts of every body read with one setting, on one timer: a read only notes its
+    deadline. (`asyncio.timeout` around each read schedules and cancels a timer per event; a timer per body
+    is half a KiB per open stream.) The timer fires at the soonest deadline of the reads in progress, cancels
+    those past theirs, and moves on to the next; reads start with the latest deadline yet, so a new one never
+    needs it sooner."""
 
-    __slots__ = ("_cancelling", "_deadline", "_handle", "_loop", "_seconds", "_task", "expired")
+    __slots__ = ("_handle", "_loop", "_reading", "seconds")
 
     def __init__(self, seconds: float) -> None:
-        self._seconds = seconds
-        self._loop = asyncio.get_running_loop()
+        self.seconds = seconds
+        self._reading: set[IdleTimer] = set()
         self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def timer(self) -> IdleTimer:
+        return IdleTimer(self)
+
+    def _started(self, timer: IdleTimer, loop: asyncio.AbstractEventLoop) -> float:
+        if self._loop is not loop:  # first use, or a new event loop (tests)
+            self._loop, self._handle = loop, None
+        deadline = loop.time() + self.seconds
+        self._reading.add(timer)
+        if self._handle is None:
+            self._handle = loop.call_at(deadline, self._fire)
+        return deadline
+
+    def _ended(self, timer: IdleTimer) -> None:
+        self._reading.discard(timer)
+
+    def _fire(self) -> None:
+        self._handle = None
+        assert self._loop is not None
+        now, soonest = self._loop.time(), math.inf
+        for timer in list(self._reading):
+            if timer.deadline <= now:
+                self._reading.discard(timer)
+                timer.expire()
+            else:
+                soonest = min(soonest, timer.deadline)
+        if soonest != math.inf:
+            self._handle = self._loop.call_at(soonest, self._fire)
+
+
+class IdleTimer:
+    """One body's reads under its IdleTimeouts."""
+
+    __slots__ = ("_cancelling", "_task", "_timeouts", "deadline", "expired")
+
+    def __init__(self, timeouts: IdleTimeouts) -> None:
+        self._timeouts = timeouts
         self._task: asyncio.Task[object] | None = None  # the task reading now, if any
-        self._deadline = 0.0
         self._cancelling = 0
+        self.deadline = 0.0
         self.expired = False
 
     def reading(self) -> None:
-        """A read starts: it must end within `seconds`."""
+        """A read starts: it must end within the timeouts' seconds."""
         task = asyncio.current_task()
         assert task is not None
         self._task, self._cancelling = task, task.cancelling()
-        self._deadline = self._loop.time() + self._seconds
-        if self._handle is None:
-            self._handle = self._loop.call_at(self._deadline, self._fire)
+        self.deadline = self._timeouts._started(self, task.get_loop())
 
     def done(self) -> None:
         self._task = None
+        self._timeouts._ended(self)
+
+    def expire(self) -> None:
+        if self._task is not None:
+            self.expired = True
+            self._task.cancel()
 
     def timed_out(self) -> bool:
         """After a CancelledError in a read: was it this timer's (then the cancellation is taken back)?"""
@@ -95,50 +139,32 @@ class IdleTimer:
         self.expired = False
         return self._task.uncancel() <= self._cancelling
 
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
 
-    def _fire(self) -> None:
-        self._handle = None
-        if self._task is None:
-            return  # between reads: the next read arms the timer again
-        if self._loop.time() < self._deadline:
-            self._handle = self._loop.call_at(self._deadline, self._fire)
-            return
-        self.expired = True
-        self._task.cancel()
-
-
-async def chunks(response: aiohttp.ClientResponse, idle: float, decoder: Decoder) -> AsyncIterator[bytes]:
-    """The body as it arrives, decoded; `idle` is real seconds allowed between two reads."""
+async def chunks(response: aiohttp.ClientResponse, idle: IdleTimeouts, decoder: Decoder) -> AsyncIterator[bytes]:
+    """The body as it arrives, decoded; each read may wait at most `idle.seconds` (real seconds)."""
     content = response.content
-    timer = IdleTimer(idle)
-    try:
-        while True:
-            timer.reading()
-            try:
-                data = await content.readany()
-            except asyncio.CancelledError:
-                if timer.timed_out():
-                    raise CutOff("the upstream went silent") from None
-                raise
-            except (aiohttp.ClientError, OSError) as exc:
-                raise CutOff(f"the upstream connection broke ({type(exc).__name__})") from None
-            finally:
-                timer.done()
-            if not data:
-                return
-            if decoder.identity:
-                yield data
-            else:
-                for piece in decoder.feed(data):
-                    yield piece
-                    del piece
-            del data  # an open stream waits for its next read holding no bytes of the last (here and below)
-    finally:
-        timer.close()
+    timer = idle.timer()
+    while True:
+        timer.reading()
+        try:
+            data = await content.readany()
+        except asyncio.CancelledError:
+            if timer.timed_out():
+                raise CutOff("the upstream went silent") from None
+            raise
+        except (aiohttp.ClientError, OSError) as exc:
+            raise CutOff(f"the upstream connection broke ({type(exc).__name__})") from None
+        finally:
+            timer.done()
+        if not data:
+            return
+        if decoder.identity:
+            yield data
+        else:
+            for piece in decoder.feed(data):
+                yield piece
+                del piece
+        del data  # an open stream waits for its next read holding no bytes of the last (here and below)
 
 
 async def read_capped(body: AsyncIterator[bytes], cap: int) -> tuple[list[bytes], bool]:

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from shared.errors import GatewayError
 from shared.outgoing import REQUEST_ID_HEADER, Outgoing
@@ -92,22 +92,32 @@ class Watch:
     """The request's one disconnect watcher, from the end of its body to the end of its answer (a streamed one
     included): a client that hangs up cancels the request's task at whatever it awaits, and `gone` says why."""
 
-    __slots__ = ("_task", "_watcher", "gone")
+    __slots__ = ("_receive", "_task", "_waiting", "gone")
 
     def __init__(self, receive: Receive, task: asyncio.Task[object]) -> None:
         self.gone = False
+        self._receive = receive
         self._task = task
-        self._watcher = asyncio.create_task(self._watch(receive))
+        self._waiting = self._wait()
 
-    async def _watch(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self.gone = True
-        self._task.cancel()
+    def _wait(self) -> asyncio.Future[Message]:
+        # The server's receive() itself is the task (no coroutine of ours around it, held by every open stream).
+        waiting = asyncio.ensure_future(self._receive())
+        waiting.add_done_callback(self._heard)
+        return waiting
+
+    def _heard(self, waiting: asyncio.Future[Message]) -> None:
+        if waiting.cancelled() or waiting.exception() is not None or waiting is not self._waiting:
+            return
+        if waiting.result()["type"] == "http.disconnect":
+            self.gone = True
+            self._task.cancel()
+        else:
+            self._waiting = self._wait()
 
     def stop(self) -> None:
         """Before the answer's last byte leaves: the server tells a finished answer as a disconnect too."""
-        self._watcher.cancel()
+        self._waiting.cancel()
 
 
 class Relayed(StreamingResponse):
@@ -123,8 +133,9 @@ class Relayed(StreamingResponse):
         watch: Watch | None,
         finished: Callable[[], Awaitable[None]],
     ) -> None:
-        super().__init__(body, status, headers, background=BackgroundTask(finished))
+        super().__init__(body, status, headers)
         self._watch = watch
+        self._finished = finished
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -143,8 +154,7 @@ class Relayed(StreamingResponse):
         finally:
             if self._watch is not None:
                 self._watch.stop()
-        if self.background is not None:
-            await self.background()
+        await self._finished()
 
 
 def _gone(record: RequestRecord, telemetry: Telemetry) -> Response:

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 
-from shared.relay import CutOff, Decoder, IdleTimer, Relay, chunks, passes_encoding, read_capped, sse_events
+from shared.relay import CutOff, Decoder, IdleTimeouts, Relay, chunks, passes_encoding, read_capped, sse_events
 from shared.usage import SseScanner
 
 
@@ -96,12 +96,12 @@ def upstream(content: Content) -> Any:
 
 
 async def test_chunks_relays_every_read_until_the_end() -> None:
-    body = chunks(upstream(Content(b"a", b"b", b"c")), 60.0, Decoder(""))
+    body = chunks(upstream(Content(b"a", b"b", b"c")), IdleTimeouts(60.0), Decoder(""))
     assert [piece async for piece in body] == [b"a", b"b", b"c"]
 
 
 async def test_a_silent_upstream_is_cut_off_after_the_idle_timeout() -> None:
-    body = chunks(upstream(Content(b"a", hang=True)), 0.01, Decoder(""))
+    body = chunks(upstream(Content(b"a", hang=True)), IdleTimeouts(0.01), Decoder(""))
     assert await body.__anext__() == b"a"
     with pytest.raises(CutOff, match="went silent"):
         await body.__anext__()
@@ -110,7 +110,7 @@ async def test_a_silent_upstream_is_cut_off_after_the_idle_timeout() -> None:
 
 async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
     async def read() -> list[bytes]:
-        return [piece async for piece in chunks(upstream(Content(hang=True)), 60.0, Decoder(""))]
+        return [piece async for piece in chunks(upstream(Content(hang=True)), IdleTimeouts(60.0), Decoder(""))]
 
     task = asyncio.create_task(read())
     await asyncio.sleep(0)
@@ -119,18 +119,29 @@ async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
         await task
 
 
-async def test_the_idle_timer_moves_on_when_it_fires_early_and_waits_between_reads() -> None:
-    timer = IdleTimer(60.0)
-    timer.reading()
-    timer._fire()  # the deadline is a minute away: moved on, nothing cancelled
-    assert not timer.expired and timer._handle is not None
-    timer.done()
-    timer._fire()  # between reads: nothing to cancel, no timer until the next read
-    assert not timer.expired and timer._handle is None
-    timer.reading()
-    assert timer._handle is not None
-    timer.close()
-    assert timer._handle is None
+async def test_one_timer_serves_every_body_and_cuts_only_the_silent_one() -> None:
+    idle = IdleTimeouts(0.05)
+    silent = chunks(upstream(Content(hang=True)), idle, Decoder(""))
+
+    async def lively() -> list[bytes]:
+        got = []
+        for _ in range(8):  # a read every 0.02 s: never 0.05 s without one, though the whole takes longer
+            got += [piece async for piece in chunks(upstream(Content(b"x")), idle, Decoder(""))]
+            await asyncio.sleep(0.02)
+        return got
+
+    lively_reads = asyncio.create_task(lively())
+    with pytest.raises(CutOff, match="went silent"):
+        await silent.__anext__()
+    assert await lively_reads == [b"x"] * 8
+    assert not idle._reading  # nothing left registered
+
+
+async def test_a_read_ending_before_its_deadline_is_never_cut() -> None:
+    idle = IdleTimeouts(0.01)
+    assert [piece async for piece in chunks(upstream(Content(b"a", b"b")), idle, Decoder(""))] == [b"a", b"b"]
+    await asyncio.sleep(0.03)  # the timer fires with no read in progress: nothing to cancel
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
 
 
 async def test_events_of_one_read_go_out_in_one_piece() -> None:
@@ -149,5 +160,5 @@ async def test_events_of_one_read_go_out_in_one_piece() -> None:
 
 async def test_a_compressed_body_whose_read_decodes_to_nothing_yet_goes_on() -> None:
     data = gzip.compress(b"hello world")
-    body = chunks(upstream(Content(data[:5], data[5:])), 60.0, Decoder("gzip"))
+    body = chunks(upstream(Content(data[:5], data[5:])), IdleTimeouts(60.0), Decoder("gzip"))
     assert b"".join([piece async for piece in body]) == b"hello world"
