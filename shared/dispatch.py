@@ -564,6 +564,10 @@ def _payload(inbound: Inbound, host: Host) -> bytes:
     if inbound.route.by_model and body.get("model") != host.deployment:
         changes["model"] = host.deployment
     if inbound.inject_usage:
+        if not changes:
+            spliced = usage.with_stream_usage(inbound.raw, body)
+            if spliced is not None:
+                return spliced
         options = body.get("stream_options")
         changes["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     if not changes:

@@ -131,6 +131,21 @@ def supports_stream_usage(api_version: str | None) -> bool:
     return api_version[:10] >= STREAM_USAGE_MIN_API_VERSION
 
 
+_STREAM_USAGE_MEMBER = b'"stream_options":{"include_usage":true}'
+
+
+def with_stream_usage(raw: bytes, body: Mapping[str, Any]) -> bytes | None:
+    """`raw` (the JSON text of `body`) asking for the usage chunk, spliced in as the object's first member rather
+    than re-serialized (a long prompt costs milliseconds to dump); None when only rewriting it would do: the
+    body has stream_options already (merged, not duplicated), or is not UTF-8 text."""
+    if "stream_options" in body or not body or json.detect_encoding(raw) != "utf-8":
+        return None
+    start = len(raw) - len(raw.lstrip(b" \t\r\n"))
+    if raw[start : start + 1] != b"{":
+        return None  # a byte-order mark, say
+    return raw[: start + 1] + _STREAM_USAGE_MEMBER + b"," + raw[start + 1 :]
+
+
 def wants_stream_usage(body: Mapping[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True

@@ -379,3 +379,39 @@ def test_each_tricky_event_alone_answers_as_the_reference(event: bytes, strip: b
     fast, reference = SseScanner(strip_usage=strip), ReferenceScanner(strip_usage=strip)
     assert fast.feed(event) == reference.feed(event)
     assert (fast.usage, fast.done, fast.flush()) == (reference.usage, reference.done, reference._buffer)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@given(
+    st.dictionaries(st.text(max_size=8).filter(lambda k: k != "stream_options"), _JSON_VALUES, min_size=1),
+    st.sampled_from(["", " ", "\n\t ", "\r\n"]),
+    st.booleans(),
+    st.booleans(),
+)
+def test_the_spliced_usage_request_reads_as_the_rewritten_one(
+    body: dict[str, Any], space: str, ascii_only: bool, indent: bool
+) -> None:
+    raw = (space + json.dumps(body, ensure_ascii=ascii_only, indent=2 if indent else None)).encode()
+    spliced = usage_module.with_stream_usage(raw, body)
+    assert spliced is not None
+    assert json.loads(spliced) == {**body, "stream_options": {"include_usage": True}}
+    assert spliced.endswith(raw.lstrip()[1:])  # the client's own bytes, untouched
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"stream":true,"stream_options":{"include_usage":false}}',  # merged by rewriting instead
+        '{"stream":true}'.encode("utf-16"),
+        b'\xef\xbb\xbf{"stream":true}',
+        b"{}",
+    ],
+)
+def test_bodies_that_must_be_rewritten_are_not_spliced(raw: bytes) -> None:
+    assert usage_module.with_stream_usage(raw, json.loads(raw)) is None
