@@ -221,5 +221,6 @@ _ACCESS_LINE = json.JSONEncoder(separators=(",", ":"))
 
 
 def _log(record: RequestRecord, telemetry: Telemetry) -> None:
-    access.info(_ACCESS_LINE.encode(record.fields()))
+    if access.isEnabledFor(logging.INFO):  # the line is built only when it goes somewhere
+        access.info(_ACCESS_LINE.encode(record.fields()))
     telemetry.finish(record)
