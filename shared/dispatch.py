@@ -60,12 +60,17 @@ class Admission:
 
 
 class _Hold:
-    """What one attempt holds; `close` gives back whatever is left, exactly once."""
+    """What one attempt holds; `close` gives back whatever is left, exactly once. A relayed body ends here too
+    (its Relay calls `stream_ended` or `body_ended`: methods, not closures, as an open stream holds them)."""
 
-    __slots__ = ("_closed", "_dispatcher", "reservation", "response", "sent", "span")
+    __slots__ = ("_closed", "_dispatcher", "host", "record", "reservation", "response", "sent", "span")
 
-    def __init__(self, dispatcher: Dispatcher, reservation: Reservation | None, span: Any) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, host: Host, record: RequestRecord, reservation: Reservation | None, span: Any
+    ) -> None:
         self._dispatcher = dispatcher
+        self.host = host
+        self.record = record
         self.reservation = reservation
         self.span = span  # the attempt's trace span, when telemetry is on
         self.response: aiohttp.ClientResponse | None = None
@@ -92,6 +97,26 @@ class _Hold:
         if self.reservation is not None and self.reservation.state == "open":
             # Interrupted: if the request may have reached the host, it was charged there.
             (self.settle(None) if self.sent else self.release())
+
+    def stream_ended(self, scanner: usage.SseScanner | None, ending: str) -> None:
+        """An event stream is over: settled with its usage; a stream the host dropped counts against it."""
+        assert scanner is not None
+        record = self.record
+        record.ending = ending
+        used = scanner.usage
+        if used is not None:
+            record.input_tokens, record.output_tokens = used.prompt, used.completion
+        if ending == "cut_off":
+            self._dispatcher._count_failure(self.host, "dropped a stream")
+            log.warning("host %s: stream interrupted after it had started", self.host.key)
+        self.settle(used)
+        self.close(reusable=ending == "complete")
+
+    def body_ended(self, scanner: usage.SseScanner | None, ending: str) -> None:
+        """A large or binary body passed through is over."""
+        self.record.ending = ending
+        self.settle(None)
+        self.close(reusable=ending == "complete")
 
 
 class Dispatcher:
@@ -326,7 +351,7 @@ class Dispatcher:
                 client=admission.client,
                 deployment=inbound.logical or "",
             )
-        hold = _Hold(self, reservation, span)
+        hold = _Hold(self, host, record, reservation, span)
         handed_off = False
         try:
             hold.sent = True
@@ -527,30 +552,14 @@ class Dispatcher:
             if any(marker in event for marker in _RECORDED_EVENTS):
                 await placement.record(plan, route, host, usage.data_payload(event))
 
-        def finish(scanner: usage.SseScanner | None, ending: str) -> None:
-            assert scanner is not None
-            record.ending = ending
-            used = scanner.usage
-            if used is not None:
-                record.input_tokens, record.output_tokens = used.prompt, used.completion
-            if ending == "cut_off":
-                self._count_failure(host, "dropped a stream")
-                log.warning("host %s: stream interrupted after it had started", host.key)
-            hold.settle(used)
-            hold.close(reusable=ending == "complete")
-
-        stream = relay.Relay(relay.sse_events(body, scanner, watch if route.creates else None), finish, scanner)
+        events = relay.sse_events(body, scanner, watch if route.creates else None)
+        stream = relay.Relay(events, hold.stream_ended, scanner)
         stream.first_byte = record.first_byte
         record.stream = True
         return stream
 
     def _passthrough(self, hold: _Hold, body: Any, record: RequestRecord) -> relay.Relay:
-        def finish(scanner: usage.SseScanner | None, ending: str) -> None:
-            record.ending = ending
-            hold.settle(None)
-            hold.close(reusable=ending == "complete")
-
-        stream = relay.Relay(body, finish)
+        stream = relay.Relay(body, hold.body_ended)
         stream.first_byte = record.first_byte
         return stream
 

@@ -44,7 +44,7 @@ class TokenUsage:
         return self.prompt + self.completion
 
 
-@dataclass
+@dataclass(slots=True)  # one per request in flight, an open stream's included
 class Reservation:
     keys: tuple[str, ...]  # every window charged; keys[0] is the host's
     tokens: int  # the estimate charged at admission

@@ -131,11 +131,14 @@ class Relayed(StreamingResponse):
         status: int,
         headers: Mapping[str, str],
         watch: Watch | None,
-        finished: Callable[[], Awaitable[None]],
+        record: RequestRecord,
+        telemetry: Telemetry,
     ) -> None:
         super().__init__(body, status, headers)
+        self._relay = body
         self._watch = watch
-        self._finished = finished
+        self._record = record
+        self._telemetry = telemetry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -154,7 +157,8 @@ class Relayed(StreamingResponse):
         finally:
             if self._watch is not None:
                 self._watch.stop()
-        await self._finished()
+        await self._relay.aclose()  # finishes an attempt whose body was not read to the end (the client left)
+        _log(self._record, self._telemetry)
 
 
 def _gone(record: RequestRecord, telemetry: Telemetry) -> Response:
@@ -197,13 +201,7 @@ def respond(outgoing: Outgoing, record: RequestRecord, telemetry: Telemetry, wat
     headers[REQUEST_ID_HEADER] = record.request_id
     record.status = outgoing.status
     if outgoing.stream is not None:
-        stream = outgoing.stream
-
-        async def finished() -> None:
-            await stream.aclose()
-            _log(record, telemetry)
-
-        return Relayed(stream, outgoing.status, headers, watch, finished)
+        return Relayed(outgoing.stream, outgoing.status, headers, watch, record, telemetry)
 
     async def sent() -> None:
         # A coroutine: Starlette runs a plain function's background task in a worker thread, a thread hop per answer.
