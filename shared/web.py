@@ -85,7 +85,12 @@ async def serve(request: Request, handle: Handler, record: RequestRecord, teleme
     finally:
         if watch is not None and not streaming:
             watch.stop()
-    return respond(outgoing, record, telemetry, watch)
+    try:
+        return respond(outgoing, record, telemetry, watch)
+    except BaseException:
+        if watch is not None:
+            watch.stop()
+        raise
 
 
 class Watch:
