@@ -71,12 +71,16 @@ class Stack:
     simulator_args: Sequence[str] = ()
     gateway_port: int = 0  # of the first instance; 0 picks a free port
     instance_env: Sequence[Mapping[str, str]] = ()  # per-instance overrides, by index
+    # Per-instance replacement of `-m dev.host` (say, a benchmark's wrapper of it), by index.
+    host_commands: Sequence[Sequence[str]] = ()
     client_key: str = field(default_factory=lambda: "gw-" + secrets.token_urlsafe(24))
     # More clients beside "local-dev": config entries ({"name", "limits", "priority", "admin", ...}); each gets a
     # key of its own, in `keys`. `local_dev` adds policy to "local-dev" itself; `extra_config` top-level fields.
     clients: Sequence[Mapping[str, Any]] = ()
     local_dev: Mapping[str, Any] = field(default_factory=dict)
     extra_config: Mapping[str, Any] = field(default_factory=dict)
+    # More logical deployments beside the simulated regions' ones: name -> host entries of the config.
+    extra_deployments: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict, init=False)
     credential: str = "static"  # or "managed-identity": the simulator's identity endpoint issues the tokens
     token_lifetime: float = 3600.0  # real seconds a managed-identity token lives
@@ -86,6 +90,7 @@ class Stack:
     gateway_urls: list[str] = field(default_factory=list, init=False)
     _processes: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
     _hosts: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
+    _simulator: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
     def url(self) -> str:
@@ -95,6 +100,12 @@ class Stack:
     def host_pids(self) -> list[int]:
         """The gateway host processes, by instance index (for /proc/<pid>/status)."""
         return [process.pid for process in self._hosts]
+
+    @property
+    def simulator_pid(self) -> int:
+        """The process that serves every simulated region."""
+        assert self._simulator is not None
+        return self._simulator.pid
 
     @property
     def identity_endpoint(self) -> str:
@@ -141,6 +152,7 @@ class Stack:
         for region in self.regions:
             args += ["--region", f"{region.name}:{region.physical}={region.tpm},{EMBEDDINGS}={region.embeddings_tpm}"]
         process, log = self._spawn(args, "simulator.log")
+        self._simulator = process
         line = _wait_for_line(log, r'^\{"regions"', process)
         announced = json.loads(line)
         self.region_urls = announced["regions"]
@@ -168,7 +180,7 @@ class Stack:
             self.keys.setdefault(client["name"], "gw-" + secrets.token_urlsafe(24))
             clients.append({"key_setting": _key_setting(client["name"]), **client})
         return {
-            "deployments": {CHAT: chat, EMBEDDINGS: embeddings},
+            "deployments": {CHAT: chat, EMBEDDINGS: embeddings, **self.extra_deployments},
             "clients": clients,
             "routing": dict(self.routing),
             **self.extra_config,
@@ -200,10 +212,10 @@ class Stack:
 
     def _start_host(self, index: int, config: Path) -> str:
         port = self.gateway_port + index if self.gateway_port else 0
+        command = self.host_commands[index] if index < len(self.host_commands) else ("-m", "dev.host")
         args = [
             PYTHON,
-            "-m",
-            "dev.host",
+            *command,
             "--port",
             str(port),
             "--settings",
@@ -225,6 +237,10 @@ class Stack:
 
     def set_faults(self, region: str, **faults: object) -> None:
         _post(f"{self.control_url}/_sim/{region}/faults", faults)
+
+    def set_latency(self, region: str, **latency: float) -> dict[str, Any]:
+        """The region's latency model from now on: `ttft` and / or `per_token`, clock seconds."""
+        return _post(f"{self.control_url}/_sim/{region}/latency", latency)
 
     def reset_regions(self) -> None:
         _post(f"{self.control_url}/_sim/reset", {})
@@ -266,6 +282,7 @@ class Stack:
                 process.wait()
         self._processes.clear()
         self._hosts.clear()
+        self._simulator = None
 
 
 def _post(url: str, body: Mapping[str, object]) -> dict[str, Any]:

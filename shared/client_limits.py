@@ -63,6 +63,9 @@ class ClientLimits:
         client = caller.client
         if client is None or not inbound.metered:
             return Admission(caller.name, since=start)
+        reserve = self._routing.low_priority_reserve if client.priority == "low" else 0.0
+        if not client.limited:
+            return Admission(caller.name, (), reserve, start)
         deployment = inbound.logical or ""
         self._check_day(caller.name, client.limits, None)
         self._check_day(caller.name, client.deployment_limits.get(deployment), deployment)
@@ -89,7 +92,6 @@ class ClientLimits:
                     retry_after=min(wait, self._routing.max_retry_after_seconds),
                 )
             await self._clock.sleep(wait)
-        reserve = self._routing.low_priority_reserve if client.priority == "low" else 0.0
         return Admission(caller.name, tuple(w.key for w in limited), reserve, start)
 
     def _check_day(self, name: str, limits: Limits | None, deployment: str | None) -> None:
@@ -116,7 +118,10 @@ class ClientLimits:
 
     def remaining(self, caller: Caller, inbound: Inbound) -> dict[str, str]:
         """What the caller may still send this minute, for the answer's headers (clients with limits only)."""
-        limited = windows(caller, inbound.logical or "") if inbound.metered else []
+        client = caller.client
+        if client is None or not client.limited or not inbound.metered:
+            return {}
+        limited = windows(caller, inbound.logical or "")
         if not limited:
             return {}
         tokens = requests = math.inf

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -41,7 +42,7 @@ class Host:
     auth: HostAuth = field(default_factory=lambda: HostAuth("entra"))
     probe: ProbeSpec = field(default_factory=ProbeSpec)
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """Identity for ledger, health and cooldowns: a resource may serve several deployments."""
         return f"{self.name}/{self.deployment}"

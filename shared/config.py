@@ -67,6 +67,11 @@ class Client:
     admin: bool = False  # may reach objects whose owner is unknown, and read /usage
     entra_app_ids: tuple[str, ...] = ()  # Entra applications (azp / appid) that act as this client
 
+    @property
+    def limited(self) -> bool:
+        """Has any limit (the request path skips the client's windows when it has none)."""
+        return not self.limits.empty or any(not limits.empty for limits in self.deployment_limits.values())
+
 
 @dataclass(frozen=True)
 class Routing:

@@ -60,10 +60,17 @@ class Admission:
 
 
 class _Hold:
-    """What one attempt holds; `close` gives back whatever is left, exactly once."""
+    """What one attempt holds; `close` gives back whatever is left, exactly once. A relayed body ends here too
+    (its Relay calls `stream_ended` or `body_ended`: methods, not closures, as an open stream holds them)."""
 
-    def __init__(self, dispatcher: Dispatcher, reservation: Reservation | None, span: Any) -> None:
+    __slots__ = ("_closed", "_dispatcher", "host", "record", "reservation", "response", "sent", "span")
+
+    def __init__(
+        self, dispatcher: Dispatcher, host: Host, record: RequestRecord, reservation: Reservation | None, span: Any
+    ) -> None:
         self._dispatcher = dispatcher
+        self.host = host
+        self.record = record
         self.reservation = reservation
         self.span = span  # the attempt's trace span, when telemetry is on
         self.response: aiohttp.ClientResponse | None = None
@@ -91,6 +98,26 @@ class _Hold:
             # Interrupted: if the request may have reached the host, it was charged there.
             (self.settle(None) if self.sent else self.release())
 
+    def stream_ended(self, scanner: usage.SseScanner | None, ending: str) -> None:
+        """An event stream is over: settled with its usage; a stream the host dropped counts against it."""
+        assert scanner is not None
+        record = self.record
+        record.ending = ending
+        used = scanner.usage
+        if used is not None:
+            record.input_tokens, record.output_tokens = used.prompt, used.completion
+        if ending == "cut_off":
+            self._dispatcher._count_failure(self.host, "dropped a stream")
+            log.warning("host %s: stream interrupted after it had started", self.host.key)
+        self.settle(used)
+        self.close(reusable=ending == "complete")
+
+    def body_ended(self, scanner: usage.SseScanner | None, ending: str) -> None:
+        """A large or binary body passed through is over."""
+        self.record.ending = ending
+        self.settle(None)
+        self.close(reusable=ending == "complete")
+
 
 class Dispatcher:
     def __init__(
@@ -116,6 +143,7 @@ class Dispatcher:
         self._reserve = Reserve(clock, routing.window_seconds)
         self._reserve_wait = routing.request_window_seconds / 20  # re-check the reserve this often while waiting
         self.in_flight = 0
+        self._idle = relay.IdleTimeouts(clock.to_real(routing.stream_idle_timeout_seconds))
 
     async def dispatch(self, inbound: Inbound, plan: Plan, admission: Admission, record: RequestRecord) -> Outgoing:
         if inbound.metered:
@@ -327,7 +355,7 @@ class Dispatcher:
                 client=admission.client,
                 deployment=inbound.logical or "",
             )
-        hold = _Hold(self, reservation, span)
+        hold = _Hold(self, host, record, reservation, span)
         handed_off = False
         try:
             hold.sent = True
@@ -402,7 +430,7 @@ class Dispatcher:
             self.ledger.observe(hold.reservation, *_remaining(upstream_headers))
         body = relay.chunks(
             response,
-            self._clock.to_real(self.routing.stream_idle_timeout_seconds),
+            self._idle,
             relay.Decoder(
                 "" if relay.passes_encoding(upstream_headers) else upstream_headers.get("content-encoding", "")
             ),
@@ -433,10 +461,11 @@ class Dispatcher:
             # Large or binary (file content, audio, batch output): relayed as it arrives, never held whole.
             return Outgoing(status, headers, stream=self._passthrough(hold, relay.prepend(parts, body), record))
         if status < 300:
-            used = usage.usage_from_json(content)
+            doc = usage.json_or_none(content)  # parsed once: usage and the objects it tells of
+            used = usage.usage_of(doc)
             hold.settle(used)
             record.input_tokens, record.output_tokens = (used.prompt, used.completion) if used else (None, None)
-            await self._placement.served(plan, inbound.route, host, usage.json_or_none(content))
+            await self._placement.served(plan, inbound.route, host, doc)
         else:
             hold.release()  # a 4xx from the model (bad parameter, content filter): not run
         return Outgoing(status, headers, body=content)
@@ -527,30 +556,14 @@ class Dispatcher:
             if any(marker in event for marker in _RECORDED_EVENTS):
                 await placement.record(plan, route, host, usage.data_payload(event))
 
-        def finish(scanner: usage.SseScanner | None, ending: str) -> None:
-            assert scanner is not None
-            record.ending = ending
-            used = scanner.usage
-            if used is not None:
-                record.input_tokens, record.output_tokens = used.prompt, used.completion
-            if ending == "cut_off":
-                self._count_failure(host, "dropped a stream")
-                log.warning("host %s: stream interrupted after it had started", host.key)
-            hold.settle(used)
-            hold.close(reusable=ending == "complete")
-
-        stream = relay.Relay(relay.sse_events(body, scanner, watch if route.creates else None), finish, scanner)
+        events = relay.sse_events(body, scanner, watch if route.creates else None)
+        stream = relay.Relay(events, hold.stream_ended, scanner)
         stream.first_byte = record.first_byte
         record.stream = True
         return stream
 
     def _passthrough(self, hold: _Hold, body: Any, record: RequestRecord) -> relay.Relay:
-        def finish(scanner: usage.SseScanner | None, ending: str) -> None:
-            record.ending = ending
-            hold.settle(None)
-            hold.close(reusable=ending == "complete")
-
-        stream = relay.Relay(body, finish)
+        stream = relay.Relay(body, hold.body_ended)
         stream.first_byte = record.first_byte
         return stream
 
@@ -564,6 +577,10 @@ def _payload(inbound: Inbound, host: Host) -> bytes:
     if inbound.route.by_model and body.get("model") != host.deployment:
         changes["model"] = host.deployment
     if inbound.inject_usage:
+        if not changes:
+            spliced = usage.with_stream_usage(inbound.raw, body)
+            if spliced is not None:
+                return spliced
         options = body.get("stream_options")
         changes["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     if not changes:

@@ -107,9 +107,11 @@ class Gateway:
                 for warning in self.settings.warnings:
                     log.warning("configuration: %s", warning)
                 # One pooled session per process: connections to every region stay warm.
+                # No cookie jar: an upstream's cookies are nobody's to send back on later requests.
                 self._session = aiohttp.ClientSession(
                     connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True),
                     auto_decompress=False,
+                    cookie_jar=aiohttp.DummyCookieJar(),
                 )
                 if self._tokens is None:
                     self._tokens = await self._token_provider()

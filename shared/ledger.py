@@ -48,7 +48,7 @@ class TokenUsage:
         return self.prompt + self.completion
 
 
-@dataclass
+@dataclass(slots=True)  # one per request in flight, an open stream's included
 class Reservation:
     keys: tuple[str, ...]  # every window charged; keys[0] is the host's
     tokens: int  # the estimate charged at admission
@@ -139,9 +139,20 @@ class Ledger(Protocol):
     async def close(self) -> None: ...
 
 
+_day: tuple[float, float, str] = (0.0, 0.0, "")  # the last day asked for: [start, end) and its name
+
+
 def utc_day(wall: float) -> str:
-    """The UTC day of a wall-clock time, as records name it."""
-    return datetime.fromtimestamp(wall, UTC).date().isoformat()
+    """The UTC day of a wall-clock time, as records name it (asked for every request: the last one is kept)."""
+    global _day
+    start, end, name = _day
+    if start <= wall < end:
+        return name
+    day = datetime.fromtimestamp(wall, UTC).date()
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+    # fromtimestamp rounds to the microsecond: the day's last microsecond is left to it.
+    _day = (start, start + 86400.0 - 1e-6, day.isoformat())
+    return _day[2]
 
 
 def seconds_to_next_day(wall: float) -> float:

@@ -46,8 +46,13 @@ class Outgoing:
 def client_headers(upstream: Mapping[str, str], host: Host) -> dict[str, str]:
     """The upstream's headers minus hop-by-hop ones and those the gateway answers for itself."""
     # Headers the upstream names in Connection are hop-by-hop too (RFC 9110, 7.6.1).
-    named = {token.strip().lower() for token in upstream.get("connection", "").split(",")}
-    headers = {k.lower(): v for k, v in upstream.items() if k.lower() not in _DROP_RESPONSE and k.lower() not in named}
+    connection = upstream.get("connection")
+    named = {token.strip().lower() for token in connection.split(",")} if connection else set()
+    headers = {}
+    for key, value in upstream.items():
+        name = key.lower()
+        if name not in _DROP_RESPONSE and name not in named:
+            headers[name] = value
     if passes_encoding(upstream):
         headers["content-encoding"] = upstream["content-encoding"]  # not decoded here: the client must
     headers[BACKEND_HEADER] = host.name

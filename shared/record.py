@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass
+@dataclass(slots=True)
 class Attempt:
     host: str
     outcome: str  # "ok", a verdict ("token_limit", "failed", ...) or a breakage ("unreachable", ...)
@@ -21,11 +21,11 @@ class Attempt:
     status: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)  # one per request in flight, an open stream's included: no __dict__ each
 class RequestRecord:
     method: str
     path: str
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str = ""  # the upstream's x-request-id when it gave one, else a new one (ensure_id)
     client: str = ""
     deployment: str = ""
     operation: str = ""
@@ -47,6 +47,12 @@ class RequestRecord:
     def __post_init__(self) -> None:
         self.started = self.timer()
 
+    def ensure_id(self) -> str:
+        """The request's id, made when first needed: most answers bring the upstream's (os.urandom is a syscall)."""
+        if not self.request_id:
+            self.request_id = uuid.uuid4().hex
+        return self.request_id
+
     def elapsed_ms(self) -> float:
         return (self.timer() - self.started) * 1000.0
 
@@ -60,7 +66,7 @@ class RequestRecord:
     def fields(self) -> dict[str, Any]:
         """The access log line (scripts outside the project read these keys)."""
         return {
-            "request_id": self.request_id,
+            "request_id": self.ensure_id(),
             "client": self.client,
             "deployment": self.deployment,
             "operation": self.operation,

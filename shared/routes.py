@@ -14,8 +14,9 @@ Two kinds of path:
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
 
@@ -120,6 +121,7 @@ TOP_LEVEL_KINDS = frozenset(c.kind for c in COLLECTIONS)
 # POST /threads/runs: create a thread and run it in one call.
 _CREATE_AND_RUN = ("threads", "runs")
 
+_BAD_PATH = re.compile(r"\.\.|//|[\\%@\r\n\t ]")  # dot segments, empty segments, escapes, whitespace
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _OBJECT_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _DEPLOYMENTS = "/openai/deployments/"
@@ -193,7 +195,7 @@ class Route:
 
 def match(method: str, path: str) -> Route:
     """Raise a 404/405 GatewayError for anything that is not a served data-plane operation."""
-    if any(bad in path for bad in ("..", "//", "\\", "%", "@", "\r", "\n", "\t", " ")):
+    if _BAD_PATH.search(path):
         raise GatewayError(404, "NotFound", _NOT_FOUND)
     if path.startswith(_DEPLOYMENTS):
         deployment, _, operation = path[len(_DEPLOYMENTS) :].partition("/")
@@ -274,5 +276,19 @@ _CREDENTIAL_PARAMETERS = frozenset({"api-key", "subscription-key", "access_token
 def upstream_query(params: list[tuple[str, str]]) -> str:
     """Re-encode the client's query (api-version and friends) so it cannot smuggle anything; a credential
     placed in the query is the caller's and never goes upstream."""
+    if len(params) <= _CACHED_QUERY_PARAMETERS:
+        return _encoded(tuple(params))
+    return _encode(params)
+
+
+_CACHED_QUERY_PARAMETERS = 4  # queries this short are re-encoded once (most are `api-version=...`)
+
+
+@functools.lru_cache(maxsize=256)
+def _encoded(params: tuple[tuple[str, str], ...]) -> str:
+    return _encode(params)
+
+
+def _encode(params: Sequence[tuple[str, str]]) -> str:
     kept = [(k, v) for k, v in params if k.lower() not in _CREDENTIAL_PARAMETERS]
     return urlencode(kept) if kept else ""

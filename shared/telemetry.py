@@ -13,6 +13,7 @@ query: keep them).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -43,6 +44,11 @@ _OPERATIONS = {
 }
 _TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
 _DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
+
+
+@functools.lru_cache(maxsize=64)  # the configured hosts' endpoints
+def _server_address(endpoint: str) -> str:
+    return urlsplit(endpoint).hostname or ""
 
 
 class Telemetry:
@@ -147,7 +153,7 @@ class Telemetry:
         }
         endpoint = host.endpoint if host is not None else record.host_endpoint
         if endpoint:
-            attributes["server.address"] = urlsplit(endpoint).hostname or ""
+            attributes["server.address"] = _server_address(endpoint)
         return attributes
 
     # -- what the gateway decided -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -110,7 +111,11 @@ def json_or_none(content: bytes) -> Any:
 
 
 def usage_from_json(body: bytes) -> TokenUsage | None:
-    doc = json_or_none(body)
+    return usage_of(json_or_none(body))
+
+
+def usage_of(doc: Any) -> TokenUsage | None:
+    """The usage in a parsed JSON answer (or a Responses event wrapping the response), if any."""
     if not isinstance(doc, dict):
         return None
     if "usage" in doc:
@@ -126,12 +131,29 @@ def supports_stream_usage(api_version: str | None) -> bool:
     return api_version[:10] >= STREAM_USAGE_MIN_API_VERSION
 
 
+_STREAM_USAGE_MEMBER = b'"stream_options":{"include_usage":true}'
+
+
+def with_stream_usage(raw: bytes, body: Mapping[str, Any]) -> bytes | None:
+    """`raw` (the JSON text of `body`) asking for the usage chunk, spliced in as the object's first member rather
+    than re-serialized (a long prompt costs milliseconds to dump); None when only rewriting it would do: the
+    body has stream_options already (merged, not duplicated), or is not UTF-8 text."""
+    if "stream_options" in body or not body or json.detect_encoding(raw) != "utf-8":
+        return None
+    start = len(raw) - len(raw.lstrip(b" \t\r\n"))
+    if raw[start : start + 1] != b"{":
+        return None  # a byte-order mark, say
+    return raw[: start + 1] + _STREAM_USAGE_MEMBER + b"," + raw[start + 1 :]
+
+
 def wants_stream_usage(body: Mapping[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
 _USAGE_NULL = b',"usage":null'
+_USAGE_KEY = b'"usage"'
+_NULL_USAGE = b'"usage":null'
 # Streams that do not end with `data: [DONE]` end with one of these events (named in `event:` or in the
 # payload's `type`): Responses, audio transcription and speech, image generation and edits; and an in-band error.
 TERMINAL_EVENTS = frozenset(
@@ -146,8 +168,8 @@ TERMINAL_EVENTS = frozenset(
         "error",
     }
 )
-# Cheap byte tests before an event is parsed to see whether it is one of those.
-_TERMINAL_HINTS = (b".completed", b".done", b".failed", b".incomplete", b"error")
+# Cheap byte tests (in C) before an event is parsed to see whether it is one of those.
+_TERMINAL_HINT = re.compile(rb"\.completed|\.done|\.failed|\.incomplete|error")
 
 
 class SseScanner:
@@ -157,7 +179,12 @@ class SseScanner:
     event); unknown event types pass through untouched. With `strip_usage` (the gateway asked for
     usage the client did not), the extra usage chunk is removed and the `"usage":null` that
     include_usage adds to every chunk is taken out, so the client receives what Azure would have sent.
+
+    Every event is relayed, so the common one costs a few byte scans in C: only an event that carries
+    a `usage` other than null (one per stream) or may be a terminal event is parsed.
     """
+
+    __slots__ = ("_buffer", "_strip", "done", "usage")
 
     def __init__(self, strip_usage: bool = False) -> None:
         self._buffer = b""
@@ -166,13 +193,22 @@ class SseScanner:
         self.done = False
 
     def feed(self, data: bytes) -> list[bytes]:
-        self._buffer += data
+        buffer = self._buffer + data if self._buffer else data
         out: list[bytes] = []
+        if b"\r" not in buffer:
+            # LF-only framing, what Azure sends: every event ends at a blank line, the last piece is incomplete.
+            *events, self._buffer = buffer.split(b"\n\n")
+            for event in events:
+                forwarded = self._event(event + b"\n\n")
+                if forwarded:
+                    out.append(forwarded)
+            return out
         while True:
-            cut = _event_end(self._buffer)
+            cut = _event_end(buffer)
             if cut < 0:
+                self._buffer = buffer
                 return out
-            event, self._buffer = self._buffer[:cut], self._buffer[cut:]
+            event, buffer = buffer[:cut], buffer[cut:]
             forwarded = self._event(event)
             if forwarded:
                 out.append(forwarded)
@@ -186,23 +222,29 @@ class SseScanner:
         if b"[DONE]" in event and _is_done(event):
             self.done = True
             return event
-        if any(hint in event for hint in _TERMINAL_HINTS) and event_type(event) in TERMINAL_EVENTS:
+        if _maybe_typed(event) and _TERMINAL_HINT.search(event) is not None and event_type(event) in TERMINAL_EVENTS:
             self.done = True
-        if b'"usage"' not in event:
+        mentions = event.count(_USAGE_KEY)
+        if not mentions:
             return event
+        if mentions == event.count(_NULL_USAGE):
+            # Every usage in it is null (include_usage marks each chunk so): nothing to read.
+            return event.replace(_USAGE_NULL, b"") if self._strip else event
         payload = data_payload(event)
-        if not isinstance(payload, dict):
-            return event
-        response = payload.get("response")
-        if isinstance(response, dict) and response.get("usage") is not None:
-            self.usage = usage_tokens(response["usage"])  # response.completed carries the whole response
-        elif payload.get("usage") is not None:
-            self.usage = usage_tokens(payload["usage"])
-            if self._strip and payload.get("choices") == []:
-                return b""
-        if self._strip:
-            return event.replace(_USAGE_NULL, b"")
-        return event
+        if isinstance(payload, dict):
+            response = payload.get("response")
+            if isinstance(response, dict) and response.get("usage") is not None:
+                self.usage = usage_tokens(response["usage"])  # response.completed carries the whole response
+            elif payload.get("usage") is not None:
+                self.usage = usage_tokens(payload["usage"])
+                if self._strip and payload.get("choices") == []:
+                    return b""
+        return event.replace(_USAGE_NULL, b"") if self._strip else event
+
+
+def _maybe_typed(event: bytes) -> bool:
+    """Could `event_type` find a name: an `event:` line, or a `type` key (spelled out, or with \\u escapes)?"""
+    return b"event:" in event or b"type" in event or b"\\u" in event
 
 
 def _is_done(event: bytes) -> bool:

@@ -4,6 +4,8 @@ own so that it survives a region going down.
 - `POST /_sim/reset`: every region forgets its limiter charges and counters (objects stay) -> all snapshots;
 - `POST /_sim/{region}/faults` `{switch: value, ...}`: a validated partial update -> the region's snapshot;
 - `GET /_sim/{region}/stats` -> the snapshot (region, faults, deployments, calls, probe_calls, objects, created);
+- `POST /_sim/{region}/latency` `{"ttft": s, "per_token": s}` (clock seconds, either optional) -> the region's
+  latency model now; generations that already started keep their pace until their next token;
 - `POST /_sim/{region}/objects` `{"kind": "file", "bytes": N, "purpose": "batch", "filename": optional}` -> a
   synthetic file of N bytes in that region (its content is generated as it is read);
 - `GET /_sim/identity/token`, `GET` / `POST /_sim/identity`: see identity.py.
@@ -11,6 +13,7 @@ own so that it survives a region going down.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -23,6 +26,7 @@ from dev.sim.parse import json_body
 from dev.sim.region import SHUTDOWN_TIMEOUT, SimRegion, faults_reply
 
 PLANTABLE = ("file",)
+LATENCIES = ("ttft", "per_token")
 
 
 def control_app(regions: Sequence[SimRegion], identity_endpoint: Identity | None = None) -> web.Application:
@@ -56,6 +60,16 @@ def control_app(regions: Sequence[SimRegion], identity_endpoint: Identity | None
             raise bad_request("'purpose' and 'filename' must be strings.")
         return web.json_response(region.plant_file(size, purpose, filename))
 
+    async def post_latency(request: web.Request) -> web.StreamResponse:
+        region, body = region_of(request), await json_body(request)
+        unknown = set(body) - set(LATENCIES)
+        if unknown:
+            raise bad_request(f"Unknown latency setting {sorted(unknown)[0]!r}; known: {list(LATENCIES)}")
+        for name, value in body.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise bad_request(f"{name!r} must be a non-negative number of clock seconds.")
+        return web.json_response(region.set_latency(**{name: float(value) for name, value in body.items()}))
+
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -68,6 +82,7 @@ def control_app(regions: Sequence[SimRegion], identity_endpoint: Identity | None
     app.router.add_post("/_sim/{region}/faults", post_faults)
     app.router.add_get("/_sim/{region}/stats", get_stats)
     app.router.add_post("/_sim/{region}/objects", post_objects)
+    app.router.add_post("/_sim/{region}/latency", post_latency)
     identity.mount(app, identity_endpoint or Identity())
     return app
 

@@ -46,6 +46,7 @@ class Limiter:
         self.tpm = deployment.tpm
         self.max_requests = deployment.requests_per_window
         self._tokens: deque[tuple[float, int]] = deque()
+        self._used = 0  # the sum of `_tokens`, kept as they come and go (a sum per request is O(window))
         self._requests: deque[float] = deque()
 
     def admit(self, now: float, cost: int) -> Throttle | None:
@@ -58,27 +59,28 @@ class Limiter:
         if token_wait is not None or request_wait is not None:
             return Throttle(token_wait, request_wait)
         self._tokens.append((now, cost))
+        self._used += cost
         self._requests.append(now)
         return None
 
     def remaining(self) -> tuple[int, int]:
         """Tokens left in the minute window, requests left in the 10 s window."""
-        used = sum(tokens for _, tokens in self._tokens)
-        return max(0, self.tpm - used), max(0, self.max_requests - len(self._requests))
+        return max(0, self.tpm - self._used), max(0, self.max_requests - len(self._requests))
 
     def clear(self) -> None:
         self._tokens.clear()
+        self._used = 0
         self._requests.clear()
 
     def _expire(self, now: float) -> None:
         while self._tokens and self._tokens[0][0] + TOKEN_WINDOW <= now:
-            self._tokens.popleft()
+            self._used -= self._tokens.popleft()[1]
         while self._requests and self._requests[0] + REQUEST_WINDOW <= now:
             self._requests.popleft()
 
     def _token_wait(self, now: float, cost: int) -> float | None:
         """None if `cost` fits now, else the time until enough old charges expire for it."""
-        excess = sum(tokens for _, tokens in self._tokens) + cost - self.tpm
+        excess = self._used + cost - self.tpm
         if excess <= 0:
             return None
         if cost > self.tpm:  # can never fit; ask for a full window rather than a busy loop

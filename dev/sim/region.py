@@ -98,6 +98,14 @@ class SimRegion:
             "created": dict(ctx.store.created),
         }
 
+    def set_latency(self, *, ttft: float | None = None, per_token: float | None = None) -> Json:
+        """Change the latency model while running (benchmarks hold streams open with a long per-token time)."""
+        if ttft is not None:
+            self._ctx.ttft = ttft
+        if per_token is not None:
+            self._ctx.per_token = per_token
+        return {"ttft": self._ctx.ttft, "per_token": self._ctx.per_token}
+
     def plant_file(self, size: int, purpose: str = "batch", filename: str | None = None) -> Json:
         """A file of `size` synthetic bytes, generated when read: a huge file without uploading it."""
         name = filename or f"synthetic-{uuid.uuid4().hex[:8]}.bin"

@@ -25,6 +25,8 @@ def test_hosts_sign_in_with_the_simulated_managed_identity(tmp_path: Path) -> No
 
         [pid] = stack.host_pids
         assert "VmRSS:" in Path(f"/proc/{pid}/status").read_text()
+        assert "VmRSS:" in Path(f"/proc/{stack.simulator_pid}/status").read_text()
+        assert stack.set_latency("eastus", per_token=0.0) == {"ttft": 0.3, "per_token": 0.0}
         file = stack.plant_file("eastus", 1_000_003, filename="big.jsonl")
         assert (file["bytes"], file["filename"]) == (1_000_003, "big.jsonl")
         region = AzureOpenAI(azure_endpoint=stack.region_urls["eastus"], api_key="any", api_version="2024-10-21")

@@ -8,9 +8,11 @@ reservation made at t=0 is counted until 0.25 + 60 + 0.1 = 60.35 (tokens) and 0.
 from __future__ import annotations
 
 import math
-from datetime import date
+from datetime import UTC, date, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.clock import ManualClock
 from shared.ledger import LocalLedger, Reservation, TokenUsage, seconds_to_next_day, utc_day
@@ -278,3 +280,13 @@ def test_utc_days() -> None:
     assert utc_day(MIDNIGHT - 0.001) == "2026-11-30"
     assert utc_day(MIDNIGHT) == "2026-12-01"
     assert seconds_to_next_day(MIDNIGHT - 5) == pytest.approx(5)
+
+
+@given(st.lists(st.floats(-2e9, 4e9) | st.integers(-20_000, 40_000).map(lambda day: day * 86400.0), max_size=20))
+def test_utc_day_names_the_day_of_any_time_in_any_order(walls: list[float]) -> None:
+    for wall in walls:  # the last day asked for is kept: a later time of another day must not get it
+        assert utc_day(wall) == datetime.fromtimestamp(wall, UTC).date().isoformat()
+        assert (
+            utc_day(math.nextafter(wall, -math.inf))
+            == datetime.fromtimestamp(math.nextafter(wall, -math.inf), UTC).date().isoformat()
+        )

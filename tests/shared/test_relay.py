@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import zlib
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import pytest
 
-from shared.relay import CutOff, Decoder, Relay, passes_encoding, read_capped, sse_events
+from shared.relay import CutOff, Decoder, IdleTimeouts, Relay, chunks, passes_encoding, read_capped, sse_events
 from shared.usage import SseScanner
 
 
@@ -72,3 +74,91 @@ async def test_a_stream_without_its_terminal_event_is_cut_off() -> None:
     scanner = SseScanner()
     with pytest.raises(CutOff):
         [p async for p in sse_events(pieces(b"data: {}\n\n"), scanner, None)]
+
+
+class Content:
+    """aiohttp's response.content as chunks() reads it: `readany` gives the pieces, then b"", or hangs."""
+
+    def __init__(self, *parts: bytes, hang: bool = False) -> None:
+        self._parts = list(parts)
+        self._hang = hang
+
+    async def readany(self) -> bytes:
+        if self._parts:
+            return self._parts.pop(0)
+        if self._hang:
+            await asyncio.Event().wait()
+        return b""
+
+
+def upstream(content: Content) -> Any:
+    return cast(Any, type("Response", (), {"content": content})())
+
+
+async def test_chunks_relays_every_read_until_the_end() -> None:
+    body = chunks(upstream(Content(b"a", b"b", b"c")), IdleTimeouts(60.0), Decoder(""))
+    assert [piece async for piece in body] == [b"a", b"b", b"c"]
+
+
+async def test_a_silent_upstream_is_cut_off_after_the_idle_timeout() -> None:
+    body = chunks(upstream(Content(b"a", hang=True)), IdleTimeouts(0.01), Decoder(""))
+    assert await body.__anext__() == b"a"
+    with pytest.raises(CutOff, match="went silent"):
+        await body.__anext__()
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]  # its cancellation taken back
+
+
+async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
+    async def read() -> list[bytes]:
+        return [piece async for piece in chunks(upstream(Content(hang=True)), IdleTimeouts(60.0), Decoder(""))]
+
+    task = asyncio.create_task(read())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_one_timer_serves_every_body_and_cuts_only_the_silent_one() -> None:
+    idle = IdleTimeouts(0.05)
+    silent = chunks(upstream(Content(hang=True)), idle, Decoder(""))
+
+    async def lively() -> list[bytes]:
+        got = []
+        for _ in range(8):  # a read every 0.02 s: never 0.05 s without one, though the whole takes longer
+            got += [piece async for piece in chunks(upstream(Content(b"x")), idle, Decoder(""))]
+            await asyncio.sleep(0.02)
+        return got
+
+    lively_reads = asyncio.create_task(lively())
+    with pytest.raises(CutOff, match="went silent"):
+        await silent.__anext__()
+    assert await lively_reads == [b"x"] * 8
+    assert not idle._reading  # nothing left registered
+
+
+async def test_a_read_ending_before_its_deadline_is_never_cut() -> None:
+    idle = IdleTimeouts(0.01)
+    assert [piece async for piece in chunks(upstream(Content(b"a", b"b")), idle, Decoder(""))] == [b"a", b"b"]
+    await asyncio.sleep(0.03)  # the timer fires with no read in progress: nothing to cancel
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_events_of_one_read_go_out_in_one_piece() -> None:
+    scanner = SseScanner()
+    out = [p async for p in sse_events(pieces(b"data: 1\n\ndata: 2\n\ndata: [D", b"ONE]\n\n"), scanner, None)]
+    assert out == [b"data: 1\n\ndata: 2\n\n", b"data: [DONE]\n\n"]
+    seen: list[bytes] = []
+
+    async def watch(event: bytes) -> None:
+        seen.append(event)
+
+    scanner = SseScanner()
+    [p async for p in sse_events(pieces(b"data: 1\n\ndata: [DONE]\n\n"), scanner, watch)]
+    assert seen == [b"data: 1\n\n", b"data: [DONE]\n\n"]  # watched one by one
+
+
+async def test_a_compressed_body_whose_read_decodes_to_nothing_yet_goes_on() -> None:
+    data = gzip.compress(b"hello world")
+    body = chunks(upstream(Content(data[:5], data[5:])), IdleTimeouts(60.0), Decoder("gzip"))
+    assert b"".join([piece async for piece in body]) == b"hello world"

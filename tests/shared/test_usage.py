@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shared import usage as usage_module
 from shared.ledger import TokenUsage
 from shared.usage import SseScanner, estimate, supports_stream_usage, usage_from_json, wants_stream_usage
 
@@ -277,3 +278,140 @@ def test_audio_and_image_streams_end_with_their_own_terminal_event(terminal: byt
 def test_an_error_event_ends_a_stream_by_its_own_format() -> None:
     _, scanner = scan(b'event: error\ndata: {"type":"error","message":"bad"}\n\n', [], strip=False)
     assert scanner.done
+
+
+class ReferenceScanner:
+    """SseScanner as it was before its fast paths: parse every event that mentions usage, cut one event at a
+    time. The one intended difference: an event whose data is not JSON loses its `,"usage":null` too when
+    stripping (the fast path cannot tell, and the marker is the gateway's own doing either way)."""
+
+    def __init__(self, strip_usage: bool = False) -> None:
+        self._buffer = b""
+        self._strip = strip_usage
+        self.usage: TokenUsage | None = None
+        self.done = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        out: list[bytes] = []
+        while True:
+            cut = usage_module._event_end(self._buffer)
+            if cut < 0:
+                return out
+            event, self._buffer = self._buffer[:cut], self._buffer[cut:]
+            forwarded = self._event(event)
+            if forwarded:
+                out.append(forwarded)
+
+    def _event(self, event: bytes) -> bytes:
+        if b"[DONE]" in event and usage_module._is_done(event):
+            self.done = True
+            return event
+        hints = (b".completed", b".done", b".failed", b".incomplete", b"error")
+        if any(hint in event for hint in hints) and usage_module.event_type(event) in usage_module.TERMINAL_EVENTS:
+            self.done = True
+        if b'"usage"' not in event:
+            return event
+        payload = usage_module.data_payload(event)
+        if isinstance(payload, dict):
+            response = payload.get("response")
+            if isinstance(response, dict) and response.get("usage") is not None:
+                self.usage = usage_module.usage_tokens(response["usage"])
+            elif payload.get("usage") is not None:
+                self.usage = usage_module.usage_tokens(payload["usage"])
+                if self._strip and payload.get("choices") == []:
+                    return b""
+        return event.replace(b',"usage":null', b"") if self._strip else event
+
+
+# Events meant to trip a scanner that looks at bytes before it parses.
+TRICKY_EVENTS = [
+    FILTER,
+    CHUNK1,
+    USAGE,
+    DONE,
+    b"data:[DONE]\n\n",
+    b'data: {"choices":[{"delta":{"content":"say \\"usage\\":null"}}],"usage":null}\n\n',  # quoted in content
+    b'data: {"choices":[{"delta":{"content":"usage"}}],"usage":null}\n\n',
+    b'data: {"choices":[],"usage": null}\n\n',  # spaced: parsed, null
+    b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}, "x":{"usage":null}}\n\n',
+    b'data: {"choices":[{"index":0}],"usage":{"prompt_tokens":4,"completion_tokens":5}}\n\n',  # usage, not the chunk
+    b'data: {"name":"usage","usage":null}\n\n',  # a value that looks like the key
+    b'data: not json, "usage":null\n\n',
+    b'data: {"usage":nullx}\n\n',
+    b'event: response.created\ndata: {"type":"response.created","response":{"id":"r","usage":null}}\n\n',
+    b'event: response.completed\ndata: {"type":"response.completed","response":{"usage":{"input_tokens":3}}}\n\n',
+    b'data: {"type":"response.failed","response":{"usage":null}}\n\n',
+    b'data: {"type":"transcript.text.done","usage":{"input_tokens":5,"output_tokens":2}}\n\n',
+    b'data: {"error":{"code":"x"},"text":"an error happened"}\n\n',
+    b"event: error\ndata: {}\n\n",
+    b'data: {"\\u0074ype":"error"}\n\n',  # an escaped key is still the type
+    b": a comment line\n\n",
+    b"\n\n",
+    b'data: {"a":1}\ndata: {"b":2,"usage":null}\n\n',  # two data lines: not one JSON value
+    b'data: {"choices":[],"usage":{"total_tokens":7}}\r\n\r\n',
+    b"data: [DONE]\r\n\r\n",
+    b'data: {"choices":[{"delta":{"content":"\\r\\n"}}],"usage":null}\r\n\r\n',
+    b"data: partial without its end",
+]
+
+
+@given(
+    st.lists(st.sampled_from(TRICKY_EVENTS), max_size=10),
+    st.lists(st.integers(0, 2000), max_size=8),
+    st.booleans(),
+)
+def test_the_fast_scanner_answers_as_the_reference_does(events: list[bytes], cuts: list[int], strip: bool) -> None:
+    stream = b"".join(events)
+    fast, reference = SseScanner(strip_usage=strip), ReferenceScanner(strip_usage=strip)
+    start = 0
+    for cut in [*sorted(c for c in cuts if c <= len(stream)), len(stream)]:
+        piece = stream[start:cut]
+        assert fast.feed(piece) == reference.feed(piece)
+        assert (fast.usage, fast.done) == (reference.usage, reference.done)
+        start = cut
+    assert fast.flush() == reference._buffer
+
+
+@pytest.mark.parametrize("event", TRICKY_EVENTS)
+@pytest.mark.parametrize("strip", [False, True])
+def test_each_tricky_event_alone_answers_as_the_reference(event: bytes, strip: bool) -> None:
+    fast, reference = SseScanner(strip_usage=strip), ReferenceScanner(strip_usage=strip)
+    assert fast.feed(event) == reference.feed(event)
+    assert (fast.usage, fast.done, fast.flush()) == (reference.usage, reference.done, reference._buffer)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@given(
+    st.dictionaries(st.text(max_size=8).filter(lambda k: k != "stream_options"), _JSON_VALUES, min_size=1),
+    st.sampled_from(["", " ", "\n\t ", "\r\n"]),
+    st.booleans(),
+    st.booleans(),
+)
+def test_the_spliced_usage_request_reads_as_the_rewritten_one(
+    body: dict[str, Any], space: str, ascii_only: bool, indent: bool
+) -> None:
+    raw = (space + json.dumps(body, ensure_ascii=ascii_only, indent=2 if indent else None)).encode()
+    spliced = usage_module.with_stream_usage(raw, body)
+    assert spliced is not None
+    assert json.loads(spliced) == {**body, "stream_options": {"include_usage": True}}
+    assert spliced.endswith(raw.lstrip()[1:])  # the client's own bytes, untouched
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"stream":true,"stream_options":{"include_usage":false}}',  # merged by rewriting instead
+        '{"stream":true}'.encode("utf-16"),
+        b'\xef\xbb\xbf{"stream":true}',
+        b"{}",
+    ],
+)
+def test_bodies_that_must_be_rewritten_are_not_spliced(raw: bytes) -> None:
+    assert usage_module.with_stream_usage(raw, json.loads(raw)) is None

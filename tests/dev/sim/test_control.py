@@ -62,3 +62,21 @@ async def test_the_control_server_plants_synthetic_files(session: aiohttp.Client
         await runner.cleanup()
         for region in regions:
             await region.stop()
+
+
+@pytest.mark.asyncio
+async def test_the_latency_model_changes_while_running(session: aiohttp.ClientSession) -> None:
+    regions = await run_regions([("eastus", [SimDeployment("gpt-4o", 10_000)])], ScaledClock(600), ttft=0.0)
+    runner, control = await start_control(regions)
+    try:
+        status, _, latency = await post(session, control + "/_sim/eastus/latency", {"per_token": 1.5}, {})
+        assert status == 200 and latency == {"ttft": 0.0, "per_token": 1.5}
+        status, _, latency = await post(session, control + "/_sim/eastus/latency", {"ttft": 2}, {})
+        assert latency == {"ttft": 2.0, "per_token": 1.5}
+        for bad in ({"per_token": -1}, {"ttft": "1"}, {"ttft": True}, {"pace": 1}):
+            assert (await post(session, control + "/_sim/eastus/latency", bad, {}))[0] == 400
+        assert (await post(session, control + "/_sim/nowhere/latency", {}, {}))[0] == 404
+    finally:
+        await runner.cleanup()
+        for region in regions:
+            await region.stop()
