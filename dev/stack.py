@@ -15,6 +15,7 @@ import secrets
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,23 @@ def _wait_for_line(log: Path, pattern: str, process: subprocess.Popen[bytes], ti
             raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{text[-3000:]}")
         time.sleep(0.05)
     raise TimeoutError(f"{process.args!r} did not print {pattern!r} within {timeout}s; see {log}")
+
+
+def _wait_until_warm(url: str, timeout: float = 30.0) -> None:
+    """Until the instance has read the shared ledger once (its /readyz stops saying "warming"), as a platform
+    routing by readiness would: before that it admits a small share only, and on compressed time its first
+    real-time reads of storage last many simulated seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=5):
+                return
+        except urllib.error.HTTPError as exc:
+            if json.load(exc).get("status") != "warming":
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} still warming after {timeout}s")
+        time.sleep(0.02)
 
 
 @dataclass
@@ -224,7 +242,10 @@ class Stack:
         process, log = self._spawn(args, f"host-{index}.log", self.host_env(index, config))
         self._hosts.append(process)
         line = _wait_for_line(log, r"^Listening on http://", process)
-        return line.split("Listening on ", 1)[1].strip()
+        url = line.split("Listening on ", 1)[1].strip()
+        if self.table_connection_string:
+            _wait_until_warm(url)
+        return url
 
     def status(self, index: int = 0, key: str | None = None) -> dict[str, Any]:
         request = urllib.request.Request(

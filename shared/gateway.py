@@ -278,14 +278,18 @@ class Gateway:
         return Response(json.dumps(body), 200, _JSON)
 
     async def readyz(self, request: Request) -> Response:
-        """Readiness: 200 while at least one host can serve (probe-only verdicts aside: panic mode would use them)."""
+        """Readiness: 200 while at least one host can serve (probe-only verdicts aside: panic mode would use them)
+        and the shared ledger has been read once (until then this instance admits a small share only; bounded by
+        the ledger's warm-up limit when storage cannot be read)."""
         try:
             await self._start()
         except GatewayError as exc:
             return web.error_response(exc, RequestRecord(request.method, web.path_of(request)))
+        assert self._ledger is not None
         serving = {logical: self._servable(hosts) for logical, hosts in self.settings.cluster.deployments.items()}
-        ready = any(serving.values())
-        body = {"status": "ready" if ready else "unavailable", "deployments": serving}
+        ready = any(serving.values()) and self._ledger.warm
+        status = "ready" if ready else "warming" if any(serving.values()) else "unavailable"
+        body = {"status": status, "deployments": serving}
         return Response(json.dumps(body), 200 if ready else 503, _JSON)
 
     def _servable(self, hosts: tuple[Host, ...]) -> list[str]:

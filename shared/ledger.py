@@ -138,6 +138,11 @@ class Ledger(Protocol):
     def describe(self) -> dict[str, Any]: ...
     async def close(self) -> None: ...
 
+    @property
+    def warm(self) -> bool:
+        """This instance knows what the others use (or has given up waiting to): it may take its full share."""
+        ...
+
 
 _day: tuple[float, float, str] = (0.0, 0.0, "")  # the last day asked for: [start, end) and its name
 
@@ -374,6 +379,10 @@ class LocalLedger:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "memory"}
+
+    @property
+    def warm(self) -> bool:
+        return True  # nothing to learn from others
 
     async def close(self) -> None:
         return None

@@ -241,7 +241,7 @@ class TableLedger:
             "writer": self.writer,
             "leader": self._lease.held_by(self.writer, wall),
             "leader_terms": self.terms,
-            "warm": not self._cold(),
+            "warm": self.warm,
             "view_age_seconds": round(self._view.age(), 1) if self._view.seq >= 0 else None,
             "writes": self.writes,
             "reads": self.reads,
@@ -251,6 +251,10 @@ class TableLedger:
             "abandoned_usage_rows": self._usage.abandoned,
             "dropped_items": self.dropped_items,
         }
+
+    @property
+    def warm(self) -> bool:
+        return not self._cold()
 
     def _cold(self) -> bool:
         return not self._warm and self._clock.now() - self._started < WARMUP_LIMIT_CYCLES * self._read_interval

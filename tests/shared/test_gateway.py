@@ -11,6 +11,7 @@ from shared.affinity import Home
 from shared.clock import ManualClock
 from shared.config import load_settings
 from shared.gateway import SWEEP_SECONDS, Gateway
+from shared.table_ledger import WARMUP_LIMIT_CYCLES
 
 
 class NoTokens:
@@ -93,3 +94,30 @@ async def test_usage_answers_503_when_the_table_cannot_be_read_rather_than_a_par
         assert "Table Storage" in error["message"]
     finally:
         await gateway.close()
+
+
+async def test_readiness_waits_for_the_shared_view_or_its_warm_up_limit() -> None:
+    """A new instance admits a small share until it has read what the others use: not ready before that (a
+    platform that routes by readiness sends it nothing yet), ready once read or once the warm-up limit passed."""
+    doc = {
+        "deployments": {"gpt-4o": [{"name": "e", "endpoint": "http://127.0.0.1:9", "deployment": "d", "tpm": 1000}]},
+        "clients": [{"name": "app-a", "key_setting": "GATEWAY_KEY_APP_A"}],
+    }
+    local_env = {"GATEWAY_CONFIG": json.dumps(doc), "GATEWAY_KEY_APP_A": KEY}
+    env = {**local_env, "GATEWAY_TABLE_CONNECTION_STRING": UNREACHABLE_TABLE}
+    clock = ManualClock()
+    gateway = Gateway(load_settings(env), clock=clock, tokens=NoTokens())
+    try:
+        response = await gateway.readyz(get("/readyz", "", {}))
+        assert response.status_code == 503
+        assert json.loads(bytes(response.body))["status"] == "warming"
+        clock.advance(WARMUP_LIMIT_CYCLES * gateway.settings.table.read_cache_seconds)
+        response = await gateway.readyz(get("/readyz", "", {}))
+        assert response.status_code == 200 and json.loads(bytes(response.body))["status"] == "ready"
+    finally:
+        await gateway.close()
+    local = Gateway(load_settings(local_env), clock=ManualClock(), tokens=NoTokens())
+    try:
+        assert (await local.readyz(get("/readyz", "", {}))).status_code == 200  # nothing to learn first
+    finally:
+        await local.close()
