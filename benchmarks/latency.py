@@ -1,8 +1,11 @@
-"""Added latency of the gateway: the same requests sent straight to a simulated region and through
-the gateway, interleaved in one run, so both see the same machine at the same moment.
+"""Added latency of the gateway: the same requests sent straight to a simulated region, through two bare
+pass-through proxies (benchmarks/passthrough.py) and through the gateway, interleaved in one run, so all see
+the same machine at the same moment.
 
-The simulated region answers at once (no model latency), so what differs is the gateway's own cost:
-the extra loopback hop, authentication, routing, the upstream call and relaying the answer.
+The simulated region answers at once (no model latency), so what differs is each hop's own cost. The
+pass-throughs are the floor of any Python proxy: aiohttp's server, and the gateway's own server stack
+(uvicorn + Starlette) with nothing else; the gateway adds authentication, routing, admission, accounting
+and its access line on top.
 
     python -m benchmarks.latency [--requests 1000]
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
+from benchmarks.capacity import passthrough
 from dev.stack import CHAT, STATIC_TOKEN, RegionSpec, Stack
 
 API = "api-version=2024-10-21"
@@ -45,13 +50,17 @@ async def timed(session: aiohttp.ClientSession, url: str, headers: dict[str, str
     return ((first or ended) - started) * 1000, (ended - started) * 1000
 
 
-async def measure(stack: Stack, requests: int) -> dict[str, dict[str, list[float]]]:
+PROXIES = {"aiohttp": "aiohttp pass", "starlette": "starlette pass"}
+
+
+async def measure(stack: Stack, proxies: dict[str, str], requests: int) -> dict[str, dict[str, list[float]]]:
     region = stack.regions[0]
-    direct_url = f"{stack.region_urls[region.name]}/openai/deployments/{region.physical}/chat/completions?{API}"
-    gateway_url = f"{stack.url}/openai/deployments/{CHAT}/chat/completions?{API}"
+    upstream_path = f"/openai/deployments/{region.physical}/chat/completions?{API}"
+    bearer = {"authorization": f"Bearer {STATIC_TOKEN}"}
     paths = {
-        "direct": (direct_url, {"authorization": f"Bearer {STATIC_TOKEN}"}),
-        "gateway": (gateway_url, {"api-key": stack.client_key}),
+        "direct": (stack.region_urls[region.name] + upstream_path, bearer),
+        **{PROXIES[kind]: (url + upstream_path, bearer) for kind, url in proxies.items()},
+        "gateway": (f"{stack.url}/openai/deployments/{CHAT}/chat/completions?{API}", {"api-key": stack.client_key}),
     }
     samples: dict[str, dict[str, list[float]]] = {
         f"{kind}/{name}": {"first": [], "last": []} for kind in ("json", "stream") for name in paths
@@ -73,21 +82,25 @@ async def measure(stack: Stack, requests: int) -> dict[str, dict[str, list[float
 
 def report(samples: dict[str, dict[str, list[float]]], requests: int) -> str:
     lines = [f"{requests} requests per path, sequential, loopback, simulator with zero model latency", ""]
-    lines.append(f"{'path':<16}{'metric':<22}{'p50 ms':>9}{'p99 ms':>9}")
+    lines.append(f"{'path':<30}{'metric':<12}{'p50 ms':>9}{'p99 ms':>9}")
     for kind, metric, label in (
         ("json", "last", "response"),
         ("stream", "first", "first byte"),
         ("stream", "last", "last byte"),
     ):
         direct = samples[f"{kind}/direct"][metric]
-        gateway = samples[f"{kind}/gateway"][metric]
-        for name, values in (("direct", direct), ("gateway", gateway)):
+        names = [key.split("/", 1)[1] for key in samples if key.startswith(f"{kind}/")]
+        for name in names:
+            values = samples[f"{kind}/{name}"][metric]
             lines.append(
-                f"{kind + ' ' + name:<16}{label:<22}{percentile(values, 0.5):>9.2f}{percentile(values, 0.99):>9.2f}"
+                f"{kind + ' ' + name:<30}{label:<12}{percentile(values, 0.5):>9.2f}{percentile(values, 0.99):>9.2f}"
             )
-        added50 = percentile(gateway, 0.5) - percentile(direct, 0.5)
-        added99 = percentile(gateway, 0.99) - percentile(direct, 0.99)
-        lines.append(f"{kind + ' added':<16}{label:<22}{added50:>9.2f}{added99:>9.2f}")
+        for name in names[1:]:
+            values = samples[f"{kind}/{name}"][metric]
+            added50 = percentile(values, 0.5) - percentile(direct, 0.5)
+            added99 = percentile(values, 0.99) - percentile(direct, 0.99)
+            what = "added" if name == "gateway" else f"added ({name})"
+            lines.append(f"{kind + ' ' + what:<30}{label:<12}{added50:>9.2f}{added99:>9.2f}")
         lines.append("")
     mean_gap = statistics.mean(
         g - d for g, d in zip(samples["stream/gateway"]["first"], samples["stream/direct"]["first"], strict=True)
@@ -101,10 +114,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     args = parser.parse_args()
     regions = (RegionSpec("eastus", 100_000_000),)
-    with tempfile.TemporaryDirectory() as workdir:
-        print("starting a simulated region and the gateway...", file=sys.stderr, flush=True)
-        with Stack(Path(workdir), regions=regions, simulator_args=("--ttft", "0", "--per-token", "0")) as stack:
-            samples = asyncio.run(measure(stack, args.requests))
+    with tempfile.TemporaryDirectory() as workdir, contextlib.ExitStack() as processes:
+        print("starting a simulated region, two bare proxies and the gateway...", file=sys.stderr, flush=True)
+        stack = processes.enter_context(
+            Stack(Path(workdir), regions=regions, simulator_args=("--ttft", "0", "--per-token", "0"))
+        )
+        upstream = stack.region_urls[regions[0].name]
+        proxies = {
+            kind: processes.enter_context(passthrough(kind, upstream, Path(workdir), kind))[1] for kind in PROXIES
+        }
+        samples = asyncio.run(measure(stack, proxies, args.requests))
     print(report(samples, args.requests))
 
 
