@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from shared.auth import Caller
 from shared.clock import Clock
 from shared.config import Limits, Routing
-from shared.dispatch import Admission
 from shared.errors import GatewayError
 from shared.inbound import Inbound
 from shared.ledger import Ledger, seconds_to_next_day
+from shared.selection import Admission
 from shared.telemetry import Telemetry
 
 REMAINING_TOKENS = "x-gateway-client-remaining-tokens"

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
-from shared import balancer, relay, usage
-from shared.balancer import Candidate
+from shared import relay, usage
 from shared.clock import Clock
 from shared.cluster import Host
 from shared.config import Routing
@@ -30,8 +27,8 @@ from shared.ledger import Ledger, Reservation, TokenUsage
 from shared.outcome import Breakage, Verdict, counts_against_host, judge, retryable, upstream_charged
 from shared.outgoing import Outgoing, client_headers
 from shared.placement import Placement, Plan
-from shared.priority import Reserve
 from shared.record import RequestRecord
+from shared.selection import Admission, Attempts, Selector
 from shared.telemetry import Telemetry
 from shared.upstream import Broken, CredentialUnavailable, Upstream
 
@@ -39,24 +36,6 @@ log = logging.getLogger("gateway")
 
 ERROR_BODY_CAP = 64 * 1024  # an error answer is judged on its first bytes; a longer one is relayed
 _RECORDED_EVENTS = (b"response.created", b"response.completed", b"thread.created", b"thread.run.created")
-
-
-@dataclass
-class _Attempts:
-    tried: set[str] = field(default_factory=set)
-    saw_429: bool = False
-    failure: str = ""  # the last host failure, for the 502 message
-    credential: str = ""  # the gateway's own identity failed (not any host's fault)
-
-
-@dataclass(frozen=True)
-class Admission:
-    """What a caller's policy adds to every attempt: more windows to charge, a reserve to leave free."""
-
-    client: str
-    windows: tuple[str, ...] = ()
-    reserve: float = 0.0  # fraction of each host's window a low-priority request must leave free
-    since: float | None = None  # clock time the request started waiting (the wait budget counts from it)
 
 
 class _Hold:
@@ -128,11 +107,13 @@ class Dispatcher:
         health: HealthBoard,
         upstream: Upstream,
         placement: Placement,
+        selector: Selector,
         clock: Clock,
         rng: random.Random,
         telemetry: Telemetry,
     ) -> None:
         self.routing = routing
+        self._selector = selector
         self._telemetry = telemetry
         self.ledger = ledger
         self._health = health
@@ -140,32 +121,30 @@ class Dispatcher:
         self._placement = placement
         self._clock = clock
         self._rng = rng
-        self._reserve = Reserve(clock, routing.window_seconds)
-        self._reserve_wait = routing.request_window_seconds / 20  # re-check the reserve this often while waiting
         self.in_flight = 0
         self._idle = relay.IdleTimeouts(clock.to_real(routing.stream_idle_timeout_seconds))
 
     async def dispatch(self, inbound: Inbound, plan: Plan, admission: Admission, record: RequestRecord) -> Outgoing:
         if inbound.metered:
-            self._check_size(inbound, plan)
+            self._selector.check_size(inbound, plan)
         start = self._clock.now() if admission.since is None else admission.since
         deadline = start + self.routing.deadline_seconds
-        attempts = _Attempts()
+        attempts = Attempts()
         for attempt in range(min(self.routing.max_attempts, len(plan.hosts))):
             if attempt:
                 if record.attempts:
                     self._telemetry.retried(record.attempts[-1].host, record.attempts[-1].outcome)
                 await self._backoff(attempt, deadline)
-            host = await self._choose(plan, inbound, admission, attempts, start, deadline)
+            host = await self._selector.choose(plan, inbound, admission, attempts, start, deadline)
             result = await self._attempt(host, inbound, plan, admission, attempts, deadline, record)
             if result is not None:
                 record.host, record.host_endpoint = host.name, host.endpoint
                 return result
-        raise self._exhausted(plan, inbound, admission, attempts)
+        raise self._selector.exhausted(plan, inbound, admission, attempts)
 
     async def ask(self, host: Host, inbound: Inbound, record: RequestRecord) -> tuple[Outgoing | None, str]:
         """One attempt on one given host, no retry (a fan-out to every resource): its answer, or why none."""
-        attempts = _Attempts()
+        attempts = Attempts()
         deadline = self._clock.now() + self.routing.deadline_seconds
         try:
             answer = await self._attempt(
@@ -174,144 +153,6 @@ class Dispatcher:
         except GatewayError as exc:
             return None, exc.message
         return answer, attempts.failure or attempts.credential
-
-    # -- choosing ---------------------------------------------------------------------------------
-    def _check_size(self, inbound: Inbound, plan: Plan) -> None:
-        largest = max(host.tpm for host in plan.hosts)
-        if inbound.cost > largest:
-            raise GatewayError(
-                400,
-                "request_too_large",
-                f"This request is estimated at {inbound.cost} tokens (prompt plus max_tokens times n), more than "
-                f"the largest tokens-per-minute limit of any deployment that can serve it ({largest}): it could "
-                "never be admitted. Lower max_tokens or shorten the prompt.",
-            )
-
-    async def _choose(
-        self,
-        plan: Plan,
-        inbound: Inbound,
-        admission: Admission,
-        attempts: _Attempts,
-        start: float,
-        deadline: float,
-    ) -> Host:
-        """The session's host while it is eligible; else pick, or wait (within the budget) for one to recover."""
-        preferred = plan.preferred
-        if preferred is not None and preferred.key not in attempts.tried:
-            candidate = self.candidate(preferred, inbound, admission.reserve)
-            if candidate.ready_in == 0.0 and candidate.fits and not candidate.probe_down:
-                return preferred
-        while True:
-            candidates = [
-                self.candidate(h, inbound, admission.reserve) for h in plan.hosts if h.key not in attempts.tried
-            ]
-            if not candidates:
-                raise self._exhausted(plan, inbound, admission, attempts)
-            above = self._above_reserve(plan, inbound, admission, candidates)
-            choice = balancer.pick(candidates, self._rng) if above else None
-            if choice is not None:
-                self._note_panic(plan)
-                return choice.host
-            wait = balancer.soonest(candidates) if above else self._reserve_wait
-            budget_left = min(start + self.routing.wait_budget_seconds, deadline) - self._clock.now()
-            if wait > budget_left:
-                raise self._exhausted(plan, inbound, admission, attempts)
-            await self._clock.sleep(wait)
-
-    def _above_reserve(self, plan: Plan, inbound: Inbound, admission: Admission, candidates: list[Candidate]) -> bool:
-        """Does a low-priority request fit above the reserve kept for the others (priority.py)? Judged over the
-        deployment's hosts together, so that normal traffic squeezed off one host still finds room on another."""
-        if not admission.reserve or not inbound.metered:
-            return True
-        ready = [c for c in candidates if c.ready_in == 0.0]
-        free = sum(max(0.0, c.free_fraction) * c.host.tpm for c in ready)
-        quota = sum(c.host.tpm for c in ready)
-        return free - self._reserve.tokens(plan.deployment or "", quota, admission.reserve) >= inbound.cost
-
-    def candidate(self, host: Host, inbound: Inbound, reserve: float = 0.0) -> Candidate:
-        key = host.key
-        probe_down = self._health.probe_down(key)
-        if not inbound.metered:
-            return Candidate(host, 1.0, True, 0.0, self._health.ready_in(key, None), probe_down)
-        cost = inbound.cost
-        free_tokens, free_requests = self.ledger.headroom(key, host.tpm, host.rpm)
-        # A low-priority request leaves part of each host's request window too (its tokens: _above_reserve).
-        reserve_requests = reserve * host.rpm * self.routing.request_window_seconds / 60.0
-        fits = cost <= host.tpm and free_tokens >= cost and free_requests - reserve_requests >= 1
-        if fits:
-            fits_in = 0.0
-        elif cost > host.tpm:
-            fits_in = math.inf
-        else:
-            # Only a host without room needs the (costlier) time to recovery: keep the hot path short.
-            fits_in = self.ledger.seconds_until(key, cost, host.tpm, host.rpm)
-        return Candidate(
-            host,
-            free_tokens / host.tpm,
-            fits,
-            fits_in,
-            self._health.ready_in(key, cost),
-            probe_down,
-        )
-
-    def _note_panic(self, plan: Plan) -> None:
-        """Panic mode: the active check fails on hosts holding most of the deployment's quota, and traffic goes to
-        them anyway (whether live successes already vouch for some, or the balancer ignores the probes outright)."""
-        if plan.home is not None or plan.deployment is None:
-            return  # panic mode is about a deployment's hosts, not one object's home
-        passing = sum(h.tpm for h in plan.hosts if not self._health.probe_failing(h.key))
-        panic = balancer.below_panic_threshold(passing, sum(h.tpm for h in plan.hosts))
-        if self._health.note_panic(plan.deployment, panic):
-            if panic:
-                log.warning(
-                    "panic mode for %s: the active health check fails on hosts holding most of its quota; "
-                    "routing to them anyway",
-                    plan.deployment,
-                )
-            else:
-                log.warning(
-                    "panic mode for %s is over: most of its quota passes the health check again", plan.deployment
-                )
-
-    def _exhausted(self, plan: Plan, inbound: Inbound, admission: Admission, attempts: _Attempts) -> GatewayError:
-        """The error when no host served: saturated (429), failed (502), none healthy (503), or our own fault."""
-        candidates = [self.candidate(h, inbound, admission.reserve) for h in plan.hosts]
-        recovery = balancer.soonest(candidates)
-        if attempts.credential and not attempts.failure:
-            return GatewayError(
-                503,
-                "UpstreamCredentialUnavailable",
-                "The gateway cannot sign in to Azure OpenAI right now.",
-                retry_after=1,
-            )
-        unready = all(c.ready_in > 0 or c.probe_down for c in candidates)
-        if plan.home is not None and (attempts.failure or unready):
-            # Down or cooling down: another region would only answer 404, so say where it lives and when to retry.
-            return GatewayError(
-                503,
-                "RegionUnavailable",
-                f"The {plan.home}, which is unavailable now; it cannot be served from another region. "
-                "Retry after the time in Retry-After.",
-                retry_after=self._retry_hint(recovery),
-            )
-        if recovery != math.inf and (attempts.saw_429 or not attempts.failure):
-            wait = min(max(recovery, 0.001), self.routing.max_retry_after_seconds)
-            return GatewayError(
-                429,
-                "429",
-                "Every deployment behind this gateway is at its rate limit; retry after the time in Retry-After.",
-                retry_after=wait,
-            )
-        if attempts.failure:
-            return GatewayError(502, "BadGateway", f"The upstream deployments failed: {attempts.failure}.")
-        return GatewayError(
-            503, "ServiceUnavailable", "No healthy deployment is available.", retry_after=self._retry_hint(recovery)
-        )
-
-    def _retry_hint(self, recovery: float) -> float:
-        cap = self.routing.max_retry_after_seconds
-        return cap if recovery == math.inf else min(recovery, cap)
 
     async def _backoff(self, attempt: int, deadline: float) -> None:
         # Full jitter; the next try goes to another host, so this only spreads bursts of retries apart.
@@ -325,7 +166,7 @@ class Dispatcher:
         inbound: Inbound,
         plan: Plan,
         admission: Admission,
-        attempts: _Attempts,
+        attempts: Attempts,
         deadline: float,
         record: RequestRecord,
     ) -> Outgoing | None:
@@ -346,8 +187,7 @@ class Dispatcher:
         span = self._telemetry.attempt(record, host, headers)
         reservation = None
         if inbound.metered:
-            if not admission.reserve:
-                self._reserve.normal(plan.deployment or "", inbound.cost)
+            self._selector.demand(plan, inbound, admission)
             reservation = self.ledger.reserve(
                 (host.key, *admission.windows),
                 inbound.cost,
@@ -392,7 +232,7 @@ class Dispatcher:
         detail: str,
         hold: _Hold,
         inbound: Inbound,
-        attempts: _Attempts,
+        attempts: Attempts,
         deadline: float,
     ) -> None:
         (hold.settle(None) if upstream_charged(breakage) else hold.release())
@@ -418,7 +258,7 @@ class Dispatcher:
         inbound: Inbound,
         plan: Plan,
         hold: _Hold,
-        attempts: _Attempts,
+        attempts: Attempts,
         deadline: float,
         record: RequestRecord,
         began: float,
@@ -471,7 +311,7 @@ class Dispatcher:
         return Outgoing(status, headers, body=content)
 
     def _judged(
-        self, host: Host, inbound: Inbound, hold: _Hold, attempts: _Attempts, status: int, content: bytes
+        self, host: Host, inbound: Inbound, hold: _Hold, attempts: Attempts, status: int, content: bytes
     ) -> Verdict:
         """Act on an upstream error answer; ANSWERED when it is the model's own answer for the client."""
         response = hold.response

@@ -45,6 +45,7 @@ from shared.placement import Placement
 from shared.probe import probe_host
 from shared.proxy import Proxy
 from shared.record import RequestRecord
+from shared.selection import Selector
 from shared.status_page import PAGE, PAGE_HEADERS, wants_page
 from shared.storage import AFFINITY_TABLE, HEALTH_TABLE, USAGE_TABLE, table_client
 from shared.storage_health import StorageHealth
@@ -459,6 +460,7 @@ def compose(
         health=health,
         upstream=upstream,
         placement=placement,
+        selector=Selector(routing=routing, ledger=ledger, health=health, clock=clock, rng=rng),
         clock=clock,
         rng=rng,
         telemetry=telemetry,

@@ -1,0 +1,98 @@
+"""Selector: a request judged by its own size, the pick or the wait within the budget, and the error when no host
+can serve."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from shared import inbound as inbound_module
+from shared import routes
+from shared.clock import ManualClock
+from shared.cluster import Host
+from shared.config import Routing
+from shared.errors import GatewayError
+from shared.health import HealthBoard, ProbeResult
+from shared.inbound import Inbound
+from shared.ledger import LocalLedger
+from shared.placement import Plan
+from shared.selection import Admission, Attempts, Selector
+
+SMALL = Host("eastus", "https://east.example", "d-east", tpm=1_000, rpm=6)
+LARGE = Host("westus", "https://west.example", "d-west", tpm=10_000, rpm=60)
+PLAN = Plan((SMALL, LARGE), deployment="gpt-4o")
+
+
+def chat(max_tokens: int) -> Inbound:
+    route = routes.match("POST", "/openai/deployments/gpt-4o/chat/completions")
+    raw = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}).encode()
+    return inbound_module.parse(route, [], {"content-type": "application/json"}, raw, Routing())
+
+
+def make(**routing: float) -> tuple[Selector, HealthBoard, ManualClock]:
+    clock = ManualClock(100.0)
+    health = HealthBoard(clock)
+    selector = Selector(
+        routing=Routing(**routing), ledger=LocalLedger(clock), health=health, clock=clock, rng=random.Random(3)
+    )
+    return selector, health, clock
+
+
+def test_a_request_larger_than_every_host_is_a_400_naming_its_estimate_and_the_largest_limit() -> None:
+    selector, _, _ = make()
+    selector.check_size(chat(5_000), PLAN)  # fits the large host: fine
+    with pytest.raises(GatewayError) as caught:
+        selector.check_size(chat(20_000), PLAN)
+    error = caught.value
+    assert (error.status, error.code) == (400, "request_too_large")
+    assert str(chat(20_000).cost) in error.message and "(10000)" in error.message
+
+
+async def test_a_request_goes_only_to_hosts_it_fits() -> None:
+    selector, _, _ = make()
+    for _ in range(20):
+        host = await selector.choose(PLAN, chat(2_000), Admission("app"), Attempts(), 100.0, 200.0)
+        assert host == LARGE
+
+
+async def test_it_waits_within_the_budget_for_a_cooldown_to_end_then_picks() -> None:
+    selector, health, clock = make(wait_budget_seconds=5.0)
+    health.cool_down(LARGE.key, 3.0, "request limit")
+    host = await selector.choose(PLAN, chat(2_000), Admission("app"), Attempts(), clock.now(), clock.now() + 60)
+    assert host == LARGE and clock.now() == pytest.approx(103.0)
+
+
+async def test_past_the_budget_it_is_a_429_with_the_time_to_recovery() -> None:
+    selector, health, clock = make(wait_budget_seconds=2.0)
+    health.cool_down(LARGE.key, 30.0, "request limit")
+    with pytest.raises(GatewayError) as caught:
+        await selector.choose(PLAN, chat(2_000), Admission("app"), Attempts(), clock.now(), clock.now() + 60)
+    assert caught.value.status == 429 and caught.value.retry_after == pytest.approx(30.0)
+    assert clock.now() == 100.0  # no point waiting for what cannot come within the budget
+
+
+def test_the_error_says_whose_fault_it_is() -> None:
+    selector, health, _ = make()
+    request, admission = chat(10), Admission("app")
+    assert selector.exhausted(PLAN, request, admission, Attempts(credential="no token")).status == 503
+    assert selector.exhausted(PLAN, request, admission, Attempts(failure="westus: 500")).status == 502
+    for host in PLAN.hosts:
+        health.eject(host.key, "refused")
+    unhealthy = selector.exhausted(PLAN, request, admission, Attempts())
+    assert (unhealthy.status, unhealthy.code) == (503, "ServiceUnavailable")  # failing, not full: not a 429
+    assert unhealthy.retry_after == pytest.approx(10.0)  # the first ejection's length
+    health.cool_down(SMALL.key, 5.0, "request limit")
+    saturated = selector.exhausted(PLAN, request, admission, Attempts(saw_429=True))
+    assert (saturated.status, saturated.retry_after) == (429, pytest.approx(10.0))
+    home = Plan((LARGE,), deployment="gpt-4o", home="file 'file-1' lives in region westus")
+    moved = selector.exhausted(home, request, admission, Attempts(failure="westus: 500"))
+    assert (moved.status, moved.code) == (503, "RegionUnavailable") and "westus" in moved.message
+
+
+async def test_panic_mode_is_noted_for_the_deployment_when_most_of_its_quota_fails_its_probe() -> None:
+    selector, health, _ = make()
+    health.set_probe(LARGE.key, ProbeResult(False, "answered 500", 1.0, 0.0))
+    await selector.choose(PLAN, chat(10), Admission("app"), Attempts(), 100.0, 200.0)
+    assert "gpt-4o" in health.panic()  # the failing host holds 10,000 of 11,000 tokens of quota
