@@ -2,7 +2,22 @@
 # doing while it does (pip and npm print their own progress).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-if [ ! -x .venv/bin/python ]; then
+# Debian packages, as root or through sudo.
+apt_install() {
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "[setup] installing $* needs root or sudo" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  $sudo apt-get update -q && $sudo apt-get install -y -q "$@"
+}
+# A venv without pip (a run that failed half-way) is made again.
+if [ ! -x .venv/bin/pip ]; then
+  if ! python3 -c 'import ensurepip' 2>/dev/null; then
+    echo "[setup] installing python3-venv (Debian package): venv needs ensurepip, which Debian ships apart"
+    apt_install python3-venv
+  fi
+  rm -rf .venv
   echo "[setup] creating .venv (Python $(python3 -c 'import sys; print(sys.version.split()[0])'))"
   python3 -m venv .venv
 fi
@@ -18,7 +33,7 @@ if [ ! -f "$stamp" ]; then
 fi
 if [ ! -x node_modules/.bin/azurite-table ]; then
   echo "[setup] installing Azurite (npm ci, package-lock.json) for local Table Storage"
-  # Some of Azurite's dependencies declare Node 22; it runs on 20 (the tests use it), so those warnings are noise.
+  # Azurite 3.37 declares Node 22; it runs on 20 (the tests here use 20.20), so those warnings are noise.
   npm ci --no-audit --no-fund 2>&1 | sed '/npm warn EBADENGINE/d'
   echo "[setup] Azurite installed"
 fi

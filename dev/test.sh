@@ -4,8 +4,7 @@ source "$(dirname "$0")/bootstrap.sh"
 # The status page is tested in a real headless browser: Debian's Chromium (never a browser download).
 if [ ! -x /usr/bin/chromium ]; then
   echo "[setup] installing Chromium (Debian package) for the browser test of the status page"
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -q && $sudo apt-get install -y -q chromium
+  apt_install chromium
 fi
 echo "[lint] ruff check + ruff format --check"
 .venv/bin/ruff check .

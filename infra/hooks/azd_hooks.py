@@ -33,8 +33,9 @@ _RESOURCE_ID = re.compile(
     r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.CognitiveServices/accounts/([^/]+)$",
     re.IGNORECASE,
 )
-# Client names become Key Vault secret names gateway-key-<name>-next (at most 127 characters).
-_CLIENT_NAME = re.compile(r"^[A-Za-z0-9-]{1,100}$")
+# Client names become Key Vault secret names gateway-key-<name>-next (letters, digits, dashes); the gateway
+# takes at most 64 characters (shared/config.py).
+_CLIENT_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 _BACKEND_FIELDS = ("name", "endpoint", "deployment", "logical", "tpm")
 SALT_SETTING = "AZURE_KEY_VAULT_SALT"
 # What a deleted deployment leaves behind that the next one must not reuse.
@@ -138,13 +139,19 @@ def _backend_problems(backends: list[Any], accounts: set[str]) -> list[str]:
             found.append(f"{where}: missing {', '.join(missing)}")
             continue
         auth = backend.get("auth", {"type": "entra"})
-        keyless = isinstance(auth, dict) and auth.get("type", "entra") == "entra"
-        if keyless and _account(str(backend["endpoint"])) not in accounts:
+        if not (isinstance(auth, dict) and auth.get("type", "entra") == "entra"):
+            # An api-key host names the app setting holding its key; the templates set no secret as an app
+            # setting (ARM replaces them all on every provision), so the gateway would not start.
+            found.append(
+                f'{where} ({backend["name"]}): only "auth": {{"type": "entra"}} backends can be deployed (an '
+                "api-key backend's key would have to be an app setting, which the templates never hold). List the "
+                "account in OPENAI_RESOURCE_IDS: the gateway's identity gets its role there."
+            )
+        elif _account(str(backend["endpoint"])) not in accounts:
             found.append(
                 f"{where} ({backend['name']}): {backend['endpoint']} is not an account listed in "
                 "OPENAI_RESOURCE_IDS, so the gateway's identity gets no role there and every request would "
-                "fail with 401. Add the account's resource id to OPENAI_RESOURCE_IDS (or give the backend "
-                '"auth": {"type": "api-key", "setting": ...}).'
+                "fail with 401. Add the account's resource id to OPENAI_RESOURCE_IDS."
             )
     return found
 
@@ -157,7 +164,7 @@ def _client_problems(clients: list[Any], params: Mapping[str, Any], entra_caller
         if not isinstance(client, dict) or not isinstance(client.get("name"), str):
             found.append(f'{where}: must be an object {{"name": ..., "limits"?: ..., ...}}, got {json.dumps(client)}')
         elif not _CLIENT_NAME.match(client["name"]):
-            found.append(f"{where}: name {client['name']!r} must be 1-100 letters, digits or dashes")
+            found.append(f"{where}: name {client['name']!r} must be 1-64 letters, digits or dashes")
         elif client["name"] in names:
             found.append(f"{where}: name {client['name']!r} is used twice")
         else:

@@ -60,10 +60,17 @@ def test_an_entra_backend_whose_account_gets_no_role_is_refused() -> None:
     (problem,) = check({**SERVABLE, "GATEWAY_BACKENDS": json.dumps([BACKEND, elsewhere])})
     assert problem.startswith("GATEWAY_BACKENDS[1] (westus): https://aoai-westus.openai.azure.com/")
     assert "401" in problem and "OPENAI_RESOURCE_IDS" in problem
-    # The account is the endpoint's subdomain, whatever the domain and case; api-key hosts need no role.
+    # The account is the endpoint's subdomain, whatever the domain and case.
     same_account = {**BACKEND, "endpoint": "https://AOAI-EASTUS.cognitiveservices.azure.com"}
-    keyed = {**elsewhere, "auth": {"type": "api-key", "setting": "WESTUS_KEY"}}
-    assert check({**SERVABLE, "GATEWAY_BACKENDS": json.dumps([same_account, keyed])}) == []
+    assert check({**SERVABLE, "GATEWAY_BACKENDS": json.dumps([same_account])}) == []
+
+
+def test_an_api_key_backend_is_refused_its_key_could_not_reach_the_app() -> None:
+    """Its key would have to be an app setting, and the templates hold none: the gateway would not start."""
+    keyed = {**BACKEND, "auth": {"type": "api-key", "setting": "EASTUS_KEY"}}
+    (problem,) = check({**SERVABLE, "GATEWAY_BACKENDS": json.dumps([keyed])})
+    assert problem.startswith("GATEWAY_BACKENDS[0] (eastus): only")
+    assert "OPENAI_RESOURCE_IDS" in problem
 
 
 @pytest.mark.parametrize(
@@ -73,7 +80,8 @@ def test_an_entra_backend_whose_account_gets_no_role_is_refused() -> None:
         ({"GATEWAY_BACKENDS": json.dumps([{"name": "eastus"}])}, "GATEWAY_BACKENDS[0]: missing endpoint"),
         ({"GATEWAY_BACKENDS": json.dumps({"name": "eastus"})}, "GATEWAY_BACKENDS: must be a JSON array"),
         ({"GATEWAY_CLIENTS": '["app-a"]'}, 'GATEWAY_CLIENTS[0]: must be an object {"name"'),
-        ({"GATEWAY_CLIENTS": '[{"name": "app a"}]'}, "must be 1-100 letters, digits or dashes"),
+        ({"GATEWAY_CLIENTS": '[{"name": "app a"}]'}, "must be 1-64 letters, digits or dashes"),
+        ({"GATEWAY_CLIENTS": json.dumps([{"name": "a" * 65}])}, "must be 1-64 letters, digits or dashes"),
         ({"GATEWAY_CLIENTS": '[{"name": "a"}, {"name": "a"}]'}, "GATEWAY_CLIENTS[1]: name 'a' is used twice"),
         ({"GATEWAY_ENTRA_DEFAULT_CLIENT": "app-b", **ENTRA}, "'app-b' is not a client of GATEWAY_CLIENTS"),
         ({"GATEWAY_ENTRA_DEFAULT_CLIENT": "app-a"}, "Entra ID callers are off"),
