@@ -211,10 +211,11 @@ class Relay:
             ending = "complete"
         except CutOff:
             ending = "cut_off"
-            if self._scanner is not None:
-                yield sse_error_event(
-                    "upstream_interrupted", "The upstream stream was interrupted; the answer is incomplete."
-                )
+            if self._scanner is None:
+                raise  # a plain body (a file, JSON) has no error event: its response must be left unfinished
+            yield sse_error_event(
+                "upstream_interrupted", "The upstream stream was interrupted; the answer is incomplete."
+            )
         finally:
             self._close(ending)
 

@@ -24,7 +24,7 @@ from starlette.types import Message, Receive, Scope, Send
 from shared.errors import GatewayError
 from shared.outgoing import REQUEST_ID_HEADER, Outgoing
 from shared.record import RequestRecord
-from shared.relay import Relay
+from shared.relay import CutOff, Relay
 from shared.telemetry import Telemetry
 
 log = logging.getLogger("gateway")
@@ -153,6 +153,10 @@ class Relayed(StreamingResponse):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 del chunk  # not held while the next one is awaited
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except CutOff:
+            # A plain body cut short upstream: never send its end, so the server drops the connection and the
+            # client sees a truncated body (its length was not known up front), not a complete one.
+            log.warning("upstream body cut off mid-answer (%s %s)", self._record.method, self._record.path)
         except asyncio.CancelledError:
             if self._watch is None or not self._watch.gone:
                 raise
@@ -162,8 +166,9 @@ class Relayed(StreamingResponse):
         finally:
             if self._watch is not None:
                 self._watch.stop()
-        await self._relay.aclose()  # finishes an attempt whose body was not read to the end (the client left)
-        _log(self._record, self._telemetry)
+            # Whatever ended the response: an attempt whose body was not read to the end is finished here.
+            await self._relay.aclose()
+            _log(self._record, self._telemetry)
 
 
 def _gone(record: RequestRecord, telemetry: Telemetry) -> Response:

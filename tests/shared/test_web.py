@@ -16,7 +16,7 @@ from starlette.types import Message
 
 from shared import web
 from shared.record import RequestRecord
-from shared.relay import Relay
+from shared.relay import CutOff, Relay
 from shared.telemetry import Telemetry
 from shared.web import path_of, query_of
 
@@ -140,4 +140,39 @@ async def test_a_client_leaving_mid_stream_ends_it_as_abandoned_without_an_error
     await leaving
     assert endings == ["abandoned"]
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    assert json.loads(caplog.records[-1].getMessage())["request_id"] == record.request_id
+
+
+async def cut_short(*pieces: bytes) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+    raise CutOff("the upstream connection broke")
+
+
+async def test_a_plain_body_cut_off_upstream_is_left_unfinished_not_sent_as_complete() -> None:
+    """No content-length goes out with a relayed body, so only a missing end tells the client it is short."""
+    client, endings = Client(), []
+    record = RequestRecord("GET", "/openai/files/file-1/content")
+    stream = Relay(cut_short(b"first half"), lambda scanner, ending: endings.append(ending))
+    response = web.Relayed(stream, 200, {"content-type": "application/octet-stream"}, None, record, Telemetry())
+    await response({"type": "http"}, client.receive, client.send)
+    assert [m.get("more_body") for m in client.sent if m["type"] == "http.response.body"] == [True]
+    assert endings == ["cut_off"]
+
+
+async def test_a_stream_whose_send_fails_still_finishes_its_attempt_and_logs_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A cancellation that is not the client leaving (the host shutting down) still gives everything back."""
+    endings: list[str] = []
+    record = RequestRecord("POST", "/openai/deployments/gpt-4o/chat/completions")
+    stream = Relay(upstream(b"data: 1\n\n"), lambda scanner, ending: endings.append(ending))
+    response = web.Relayed(stream, 200, {"content-type": "text/event-stream"}, None, record, Telemetry())
+
+    async def send(message: Message) -> None:
+        raise asyncio.CancelledError
+
+    with caplog.at_level(logging.INFO, logger="gateway.access"), pytest.raises(asyncio.CancelledError):
+        await response({"type": "http"}, Client().receive, send)
+    assert endings == ["abandoned"]
     assert json.loads(caplog.records[-1].getMessage())["request_id"] == record.request_id
