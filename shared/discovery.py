@@ -1,9 +1,10 @@
 """Affinity that heals: an object the gateway has no record of (expired, lost with storage, created before
 the gateway was put in front) is looked for in every resource at once, with a GET that costs no tokens;
-the one that answers is recorded and the request goes on. 404 only when none has it.
+the one that answers is recorded and the request goes on. 404 only when every resource said it has
+none; when one could not answer (down, 5xx, 429), 503 naming it: a 404 then might be wrong.
 
 Bounded, so that unknown ids cannot turn into N upstream calls each: a short negative cache per id, and
-a per-client budget of lookups (a token bucket).
+a per-client budget of lookups (a token bucket, shared by every Entra application acting as the client).
 """
 
 from __future__ import annotations
@@ -37,15 +38,16 @@ class Discovery:
         *,
         per_minute: int,
         negative_seconds: float,
+        retry_after: float,
     ) -> None:
         self._resources = resources
         self._ask = ask
         self._clock = clock
         self._per_minute = per_minute
         self._negative_seconds = negative_seconds
+        self._retry_after = retry_after
         self._absent: OrderedDict[tuple[str, str], float] = OrderedDict()  # (kind, id) -> until
-        self._budgets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # owner -> (tokens, at)
-        self.lookups = 0
+        self._budgets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, at)
 
     async def find(
         self, kind: str, object_id: str, inbound: Inbound, caller: Caller, record: RequestRecord
@@ -57,34 +59,44 @@ class Discovery:
         until = self._absent.get((kind, object_id))
         if until is not None and until > now:
             return None
-        self._spend(caller.owner, now)
-        self.lookups += 1
+        self._spend(caller.name, now)
         hosts = self._resources()
         answers = await asyncio.gather(*(self._ask(host, lookup, record) for host in hosts))
         found = None
+        silent: list[str] = []
         for host, (answer, _) in zip(hosts, answers, strict=True):
             if answer is not None and answer.stream is not None:
                 await answer.stream.aclose()
             if found is None and answer is not None and answer.status == 200:
                 found = host
+            elif answer is None or answer.status == 429 or answer.status >= 500:
+                silent.append(host.name)
+        if found is None and silent:
+            raise GatewayError(
+                503,
+                "RegionUnavailable",
+                f"The gateway has no record of {kind} {object_id!r} and could not ask every region for it "
+                f"({', '.join(silent)} did not answer); retry after the time in Retry-After.",
+                retry_after=self._retry_after,
+            )
         if found is None:
             self._absent[(kind, object_id)] = now + self._negative_seconds
             while len(self._absent) > _MAX_TRACKED:
                 self._absent.popitem(last=False)
         return found
 
-    def _spend(self, owner: str, now: float) -> None:
-        tokens, at = self._budgets.pop(owner, (float(self._per_minute), now))
+    def _spend(self, client: str, now: float) -> None:
+        tokens, at = self._budgets.pop(client, (float(self._per_minute), now))
         tokens = min(float(self._per_minute), tokens + (now - at) * self._per_minute / 60.0)
         if tokens < 1.0:
-            self._budgets[owner] = (tokens, now)
+            self._budgets[client] = (tokens, now)
             raise GatewayError(
                 429,
                 "client_rate_limit_exceeded",
                 "Too many lookups of object ids the gateway has no record of; retry after the time in Retry-After.",
                 retry_after=(1.0 - tokens) * 60.0 / self._per_minute,
             )
-        self._budgets[owner] = (tokens - 1.0, now)
+        self._budgets[client] = (tokens - 1.0, now)
         while len(self._budgets) > _MAX_TRACKED:
             self._budgets.popitem(last=False)
 

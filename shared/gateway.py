@@ -471,6 +471,7 @@ def compose(
         clock,
         per_minute=routing.discovery_lookups_per_minute,
         negative_seconds=routing.discovery_negative_cache_seconds,
+        retry_after=routing.default_cooldown_seconds,
     )
     return Proxy(
         routing=routing,

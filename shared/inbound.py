@@ -62,7 +62,9 @@ def parse(
 def parse_body(raw: bytes, content_type: str, max_depth: int) -> dict[str, Any] | None:
     if not raw:  # a GET or DELETE, which the SDK still labels as JSON
         return None
-    if "json" not in content_type and not (not content_type and raw[:1] == b"{"):
+    # A JSON object is read whatever its label: routing, cost and the objects it names must not depend on a
+    # content type the upstream may not check. Multipart (uploads) and other bodies pass untouched.
+    if "json" not in content_type and (content_type.startswith("multipart/") or raw.lstrip()[:1] != b"{"):
         return None
     # Brackets bound the nesting from above: only a body that could be deep is measured exactly.
     if raw.count(b"[") + raw.count(b"{") > max_depth and _depth_exceeds(raw, max_depth):
@@ -76,7 +78,8 @@ def parse_body(raw: bytes, content_type: str, max_depth: int) -> dict[str, Any] 
     return doc
 
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+# A string, or an unclosed one to the end of the text: possessive, so no input makes it backtrack.
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+(?:"|\Z)')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 

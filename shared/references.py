@@ -34,8 +34,9 @@ _FIELDS = {
     "vector_store_ids": "vector_store",
     "container": "container",
 }
-# Only bodies containing one of these can name an object: the walk is skipped for everything else.
-_MARKERS = (b"_id", b"conversation", b"container", b"rs_")
+# Only bodies containing one of these can name an object: the walk is skipped for everything else. A JSON
+# escape (`\u005f` for `_`) can spell any of them, so a body with one is always walked.
+_MARKERS = (b"_id", b"conversation", b"container", b"rs_", b"\\")
 
 
 def ttl(kind: str) -> float:

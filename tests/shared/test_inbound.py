@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import GatewayError
-from shared.inbound import parse_body
+from shared.inbound import _STRING, parse_body
 
 
 def test_json_objects_are_parsed_and_other_bodies_pass() -> None:
@@ -35,4 +35,23 @@ def test_nesting_deeper_than_python_can_parse_is_still_a_400() -> None:
     deep = b"[" * 100_000 + b"]" * 100_000
     with pytest.raises(GatewayError) as caught:
         parse_body(b'{"a": ' + deep + b"}", "application/json", 100_000_000)
+    assert caught.value.status == 400
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", ""])
+def test_a_json_object_is_read_whatever_its_label(content_type: str) -> None:
+    """Routing, cost and the objects a body names must not depend on a label the upstream may not check."""
+    assert parse_body(b' {"previous_response_id": "resp_A"}', content_type, 10) == {"previous_response_id": "resp_A"}
+    assert parse_body(b"a=1&b=2", content_type, 10) is None
+    assert parse_body(b'{"a": 1}', "multipart/form-data; boundary=b", 10) is None
+
+
+def test_an_unclosed_string_is_scanned_in_linear_time() -> None:
+    """The string pattern of the depth check matches an unclosed string to the end at once: before, an
+    unclosed quote followed by escaped quotes backtracked quadratically (32 KB froze the event loop for 3 s)."""
+    tail = b'"' + b'\\"' * 1000
+    match = _STRING.match(tail)
+    assert match is not None and match.end() == len(tail)
+    with pytest.raises(GatewayError) as caught:
+        parse_body(b"{" * 200 + tail, "application/json", 100)
     assert caught.value.status == 400

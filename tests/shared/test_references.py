@@ -135,3 +135,10 @@ def test_what_an_answer_creates() -> None:
     assert (
         created(match("POST", "/openai/deployments/d/chat/completions"), {"id": "c", "object": "chat.completion"}) == []
     )
+
+
+def test_a_field_name_spelled_with_json_escapes_still_names_its_object() -> None:
+    """`\\u005f` is `_` to the JSON parser (and to Azure): the walk must not be skipped for it."""
+    raw = b'{"model": "gpt-4o", "input": "hi", "previous\\u005fresponse\\u005fid": "resp_A"}'
+    body = json.loads(raw)
+    assert named(match("POST", "/openai/v1/responses"), body, raw) == [("response", "resp_A")]
