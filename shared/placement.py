@@ -174,11 +174,17 @@ class Placement:
                 log.info("session %s moved from %s to %s", plan.session, plan.session_owner, host.key)
 
     async def record(self, plan: Plan, route: Route, host: Host, payload: Any) -> None:
-        """Remember where the objects an answer (or a stream's event) tells of live, and whose they are."""
+        """Remember where the objects an answer (or a stream's event) tells of live, and whose they are: what a
+        request creates is its caller's; what an answer tells of on the side of an object it reached (a finished
+        batch's files) is that object's owner's, whoever reads it first (an admin reading it takes nothing)."""
+        parent = plan.named[0] if plan.named else None
+        owner = plan.owner if route.creates or parent is None else parent[2].owner
         for kind, object_id in references.created(route, payload):
+            if parent is not None and (kind, object_id) == parent[:2]:
+                continue  # the object the request went to (a run's thread): recorded already, its owner stays
             key = references.object_key(kind, object_id)
             if route.creates or not await self._known(key):
-                self._store.put(key, Home(host.key, plan.owner), references.ttl(kind))
+                self._store.put(key, Home(host.key, owner), references.ttl(kind))
 
     async def _known(self, key: str) -> bool:
         # A finished batch is read again and again: record its output files only the first time.
