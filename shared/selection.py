@@ -87,7 +87,10 @@ class Selector:
         if preferred is not None and preferred.key not in attempts.tried:
             candidate = self.candidate(preferred, inbound, admission.reserve)
             if candidate.ready_in == 0.0 and candidate.fits and not candidate.probe_down:
-                return preferred
+                if not admission.reserve or self._above_reserve(
+                    plan, inbound, admission, [self.candidate(h, inbound, admission.reserve) for h in plan.hosts]
+                ):
+                    return preferred
         while True:
             candidates = [
                 self.candidate(h, inbound, admission.reserve) for h in plan.hosts if h.key not in attempts.tried
@@ -100,6 +103,9 @@ class Selector:
                 self._note_panic(plan)
                 return choice.host
             wait = balancer.soonest(candidates) if above else self._reserve_wait
+            if wait <= 0.0:
+                # Room "now" that pick() refused: what holds it back is the reserve, which time alone frees.
+                wait = self._reserve_wait
             budget_left = min(start + self.routing.wait_budget_seconds, deadline) - self._clock.now()
             if wait > budget_left:
                 raise self.exhausted(plan, inbound, admission, attempts)

@@ -96,3 +96,46 @@ async def test_panic_mode_is_noted_for_the_deployment_when_most_of_its_quota_fai
     health.set_probe(LARGE.key, ProbeResult(False, "answered 500", 1.0, 0.0))
     await selector.choose(PLAN, chat(10), Admission("app"), Attempts(), 100.0, 200.0)
     assert "gpt-4o" in health.panic()  # the failing host holds 10,000 of 11,000 tokens of quota
+
+
+class CountingClock(ManualClock):
+    def __init__(self, start: float) -> None:
+        super().__init__(start)
+        self.sleeps: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if len(self.sleeps) > 1000:
+            raise AssertionError("spinning")
+        await super().sleep(seconds)
+
+
+async def test_a_low_priority_request_held_back_by_the_request_reserve_waits_it_does_not_spin() -> None:
+    """Free requests between 1 and 1 + the reserve: the windows say "room now", the reserve says no."""
+    clock = CountingClock(100.0)
+    ledger = LocalLedger(clock)
+    selector = Selector(
+        routing=Routing(wait_budget_seconds=2.0),
+        ledger=ledger,
+        health=HealthBoard(clock),
+        clock=clock,
+        rng=random.Random(1),
+    )
+    host = Host("eastus", "https://east.example", "d", tpm=100_000, rpm=60)  # 10 requests per 10 s window
+    for _ in range(8):
+        ledger.reserve((host.key,), 10, prompt=5, client="app", deployment="gpt-4o")
+    low = Admission("batchy", reserve=0.3)  # leaves 3 requests of the window free
+    with pytest.raises(GatewayError) as caught:
+        await selector.choose(Plan((host,), "gpt-4o"), chat(10), low, Attempts(), clock.now(), clock.now() + 60)
+    assert caught.value.status == 429
+    assert clock.sleeps and min(clock.sleeps) > 0 and len(clock.sleeps) <= 5
+
+
+async def test_a_session_does_not_let_a_low_priority_request_into_the_reserve() -> None:
+    selector, _, clock = make(wait_budget_seconds=0.0)
+    selector.ledger.reserve((LARGE.key,), 9_500, prompt=10, client="app", deployment="gpt-4o")  # 95% used
+    plan = Plan((LARGE,), "gpt-4o", preferred=LARGE)
+    low = Admission("batchy", reserve=0.2)
+    with pytest.raises(GatewayError):
+        await selector.choose(plan, chat(10), low, Attempts(), clock.now(), clock.now() + 60)
+    assert await selector.choose(plan, chat(10), Admission("app"), Attempts(), clock.now(), clock.now() + 60) == LARGE
