@@ -42,7 +42,7 @@ class _Hold:
     """What one attempt holds; `close` gives back whatever is left, exactly once. A relayed body ends here too
     (its Relay calls `stream_ended` or `body_ended`: methods, not closures, as an open stream holds them)."""
 
-    __slots__ = ("_closed", "_dispatcher", "host", "record", "reservation", "response", "sent", "span")
+    __slots__ = ("_closed", "_dispatcher", "host", "record", "reservation", "response", "span")
 
     def __init__(
         self, dispatcher: Dispatcher, host: Host, record: RequestRecord, reservation: Reservation | None, span: Any
@@ -53,7 +53,6 @@ class _Hold:
         self.reservation = reservation
         self.span = span  # the attempt's trace span, when telemetry is on
         self.response: aiohttp.ClientResponse | None = None
-        self.sent = False
         self._closed = False
         dispatcher.in_flight += 1
 
@@ -74,8 +73,10 @@ class _Hold:
             # A connection with unread bytes (a body left half-way) must not go back to the pool.
             (self.response.release if reusable else self.response.close)()
         if self.reservation is not None and self.reservation.state == "open":
-            # Interrupted: if the request may have reached the host, it was charged there.
-            (self.settle(None) if self.sent else self.release())
+            # Interrupted once under way: the request may have reached the host, which charged it on admission.
+            self.settle(None)
+        if self.span is not None:  # interrupted before its outcome was known (the client left, a shutdown)
+            self._dispatcher.attempted(self, "abandoned", None)
 
     def stream_ended(self, scanner: usage.SseScanner | None, ending: str) -> None:
         """An event stream is over: settled with its usage; a stream the host dropped counts against it."""
@@ -198,7 +199,6 @@ class Dispatcher:
         hold = _Hold(self, host, record, reservation, span)
         handed_off = False
         try:
-            hold.sent = True
             try:
                 hold.response = await self._upstream.send(
                     host,
@@ -223,7 +223,12 @@ class Dispatcher:
         self, record: RequestRecord, hold: _Hold, host: Host, outcome: str, began: float, status: int | None = None
     ) -> None:
         record.attempt(host.name, outcome, began, status)
-        self._telemetry.attempted(hold.span, outcome, status)
+        self.attempted(hold, outcome, status)
+
+    def attempted(self, hold: _Hold, outcome: str, status: int | None) -> None:
+        """The attempt's span ends once, with its outcome."""
+        span, hold.span = hold.span, None
+        self._telemetry.attempted(span, outcome, status)
 
     def _broken(
         self,
@@ -279,7 +284,7 @@ class Dispatcher:
         record.upstream_request_id = upstream_headers.get("x-request-id", "") or record.upstream_request_id
         if status < 300 and response.content_type == "text/event-stream":
             self._success(host)
-            record.attempt(host.name, "ok", began, status)
+            self._tried(record, hold, host, "ok", began, status)
             await self._placement.served(plan, inbound.route, host, None)
             return Outgoing(status, headers, stream=self._stream(host, inbound, plan, hold, body, record))
         cap = relay.JSON_CAP if status < 300 else ERROR_BODY_CAP

@@ -86,11 +86,14 @@ class Selector:
         preferred = plan.preferred
         if preferred is not None and preferred.key not in attempts.tried:
             candidate = self.candidate(preferred, inbound, admission.reserve)
-            if candidate.ready_in == 0.0 and candidate.fits and not candidate.probe_down:
-                if not admission.reserve or self._above_reserve(
+            eligible = candidate.ready_in == 0.0 and candidate.fits and not candidate.probe_down
+            if eligible and (
+                not admission.reserve
+                or self._above_reserve(
                     plan, inbound, admission, [self.candidate(h, inbound, admission.reserve) for h in plan.hosts]
-                ):
-                    return preferred
+                )
+            ):
+                return preferred
         while True:
             candidates = [
                 self.candidate(h, inbound, admission.reserve) for h in plan.hosts if h.key not in attempts.tried

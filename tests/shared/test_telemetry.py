@@ -118,6 +118,8 @@ async def test_a_streamed_request_records_its_time_to_first_chunk_and_exact_usag
     assert first.count == 1 and first.sum == pytest.approx(record.ttfb_ms / 1000)  # type: ignore[operator]
     tokens = {p.attributes["gen_ai.token.type"]: p.sum for p in exported.points("gen_ai.client.token.usage")}
     assert tokens == {"input": 5, "output": 1}
+    [attempt] = [s for s in exported.spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert attempt.attributes is not None and attempt.attributes["gateway.outcome"] == "ok"
 
 
 def quota_429_on_east(sent: Sent) -> FakeResponse:
