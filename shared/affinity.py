@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 from azure.data.tables.aio import TableClient
 
@@ -304,7 +305,18 @@ class TableAffinityStore:
             )
             removed = 0
             async for entity in query:
-                await self._client.delete_entity(entity["PartitionKey"], entity["RowKey"])
+                try:
+                    # Only as it was read: a record rewritten since (a session moved back, say) is kept.
+                    await self._client.delete_entity(
+                        entity["PartitionKey"],
+                        entity["RowKey"],
+                        etag=entity.metadata.get("etag"),
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                except HttpResponseError as exc:
+                    if exc.status_code not in (404, 412):
+                        raise
+                    continue
                 removed += 1
                 if removed >= SWEEP_PAGES * 100:
                     break

@@ -263,11 +263,12 @@ class TableLedger:
     async def run(self) -> None:
         """Flush, and read or write the summary, forever; never raises."""
         await self._forever(lambda: ensure_table(self._client), 0.0, once=True)
+        # Writes never wait for reads: the pulse and usage rows go out while the first summary is still sought.
+        await asyncio.gather(self._forever(self.flush, self._flush_interval), self._warm_then_share())
+
+    async def _warm_then_share(self) -> None:
         await self._forever(self.refresh, 0.0, once=True)  # warm first: one small read
-        await asyncio.gather(
-            self._forever(self.flush, self._flush_interval),
-            self._forever(self.share, self._read_interval),
-        )
+        await self._forever(self.share, self._read_interval)
 
     async def _forever(self, operation: Callable[[], Awaitable[Any]], interval: float, once: bool = False) -> None:
         """Run `operation` every `interval` (or after the delay it returns), backing off while it fails."""
@@ -435,7 +436,10 @@ class TableLedger:
         own = next((p.usage for p in pulses if p.writer == self.writer), RecentUsage())
         self._view.learn(total, seen=own)  # the leader knows exactly which of its pulses it summed
         self._warm = True
-        await self._sweep(summary.finished(pulses, day, slot_of(wall)))
+        try:
+            await self._sweep(summary.finished(pulses, day, slot_of(wall)))
+        except Exception as exc:  # noqa: BLE001 - housekeeping: the summary is written, the lease renewed
+            log.debug("table ledger: sweep failed (%s); again next summary", type(exc).__name__)
         return True
 
     async def _lease_write(self, operations: list[Any], until: float) -> bool:
@@ -455,7 +459,8 @@ class TableLedger:
     async def _sweep(self, finished: list[pulse.Pulse]) -> None:
         """Delete pulses that count for nothing any more, unless their writer wrote since (ETag)."""
         for done in finished[:SWEEP_LIMIT]:
-            for partition, row, etag in done.rows:
+            # Chunk 0 last: a pulse half deleted still reads as a pulse (its head names it) and is swept again.
+            for partition, row, etag in sorted(done.rows, key=lambda r: r[1], reverse=True):
                 try:
                     async with self.health.call("sweep"):
                         await self._client.delete_entity(

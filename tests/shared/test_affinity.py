@@ -54,11 +54,20 @@ async def test_the_owner_index_lists_what_each_owner_created() -> None:
     assert await store.sweep() == 3
 
 
+class Entity(dict[str, Any]):
+    """A row as the SDK returns it: its properties, and its ETag in `metadata`."""
+
+    def __init__(self, properties: dict[str, Any], etag: str) -> None:
+        super().__init__(properties)
+        self.metadata = {"etag": etag}
+
+
 class FakeTable:
     """The TableClient calls the store makes, over a dict; `down` fails every call, `hang` never answers."""
 
     def __init__(self) -> None:
-        self.rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self.rows: dict[tuple[str, str], Entity] = {}
+        self.versions = 0
         self.reads = 0
         self.down = False
         self.hang = False
@@ -81,10 +90,16 @@ class FakeTable:
             error = HttpResponseError("PropertyValueTooLarge")
             error.status_code = 400
             raise error
-        self.rows[(entity["PartitionKey"], entity["RowKey"])] = dict(entity)
+        self.versions += 1
+        self.rows[(entity["PartitionKey"], entity["RowKey"])] = Entity(entity, f"v{self.versions}")
 
-    async def delete_entity(self, partition_key: str, row_key: str) -> None:
+    async def delete_entity(self, partition_key: str, row_key: str, **condition: Any) -> None:
         await self._check()
+        row = self.rows.get((partition_key, row_key))
+        if row is not None and "etag" in condition and row.metadata["etag"] != condition["etag"]:
+            error = HttpResponseError("UpdateConditionNotSatisfied")
+            error.status_code = 412
+            raise error
         self.rows.pop((partition_key, row_key), None)
 
     def query_entities(self, query_filter: str, *, parameters: dict[str, Any], **options: Any) -> AsyncIterator[Any]:
@@ -141,6 +156,31 @@ async def test_a_put_never_waits_and_is_written_behind() -> None:
     clock.advance(1.0)
     assert await reader.sweep() == 2  # the record and its index row
     assert table.rows == {}
+
+
+class RewrittenWhileSwept(FakeTable):
+    """Another instance rewrites each expired row right after the sweep has read it."""
+
+    def query_entities(self, query_filter: str, *, parameters: dict[str, Any], **options: Any) -> AsyncIterator[Any]:
+        rows = super().query_entities(query_filter, parameters=parameters, **options)
+
+        async def rewritten() -> AsyncIterator[Any]:
+            async for entity in rows:
+                read = Entity(dict(entity), entity.metadata["etag"])
+                await self.upsert_entity({**entity, "expires_at": parameters["now"] + 3600})
+                yield read  # as it was read, before the rewrite
+
+        return rewritten()
+
+
+async def test_the_sweep_keeps_a_record_rewritten_after_it_was_read() -> None:
+    clock, table = ManualClock(1000.0), RewrittenWhileSwept()
+    store = TableAffinityStore(table, clock)  # type: ignore[arg-type]
+    store.put("session:app-a:s1", EAST, ttl=10.0)
+    await written(store)
+    clock.advance(20.0)
+    assert await store.sweep() == 0
+    assert any(row["RowKey"] == "session:app-a:s1" for row in table.rows.values())
 
 
 async def test_a_read_that_does_not_come_back_in_time_is_unknown_not_absent() -> None:

@@ -3,6 +3,7 @@ by hand (flush, then share), so the tests see exactly what each instance knows a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import random
@@ -19,6 +20,7 @@ from dev.table_meter import TableMeter, Throttle
 from shared import summary
 from shared.clock import ManualClock
 from shared.ledger import LocalLedger, TokenUsage, utc_day
+from shared.storage import as_int
 from shared.table_ledger import COLD_SHARE, LEASE_CYCLES, TableLedger
 
 HOST = "eastus/gpt-4o-eastus"
@@ -361,6 +363,31 @@ async def test_reads_go_on_while_writes_fail_and_writes_while_reads_fail(connect
     with pytest.raises(ServiceRequestError):
         await follower.share()
     assert await total_served(leader) == 2_007
+
+
+async def test_writes_start_while_the_first_summary_cannot_be_read(connect: Connect, clock: ManualClock) -> None:
+    """The loops never wait on each other, the first read included: usage goes out while reads fail."""
+    fresh = ledger(connect, clock, "a")
+    fresh._client.fail_reads = True  # type: ignore[attr-defined]
+    use(fresh, 100)
+    running = asyncio.create_task(fresh.run())
+    try:
+        for _ in range(200):  # bounded: real Azurite calls, a manual clock
+            if await total_written(connect) >= 100:
+                break
+            await asyncio.sleep(0.01)
+        assert await total_written(connect) == 100
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+async def total_written(connect: Connect) -> int:
+    """Tokens in the usage rows, read with a client of its own."""
+    reader = connect()
+    rows = [row async for row in reader.query_entities("PartitionKey ge 'u' and PartitionKey lt 'v'")]
+    return sum(as_int(row["prompt"]) + as_int(row["completion"]) for row in rows)
 
 
 async def test_a_row_the_service_refuses_does_not_hold_back_the_others(connect: Connect, clock: ManualClock) -> None:
