@@ -24,7 +24,7 @@ from shared.cluster import Host
 @dataclass(frozen=True)
 class Candidate:
     host: Host
-    free_fraction: float  # of its token quota, after this request's needs (for the choice between two)
+    free_fraction: float  # of its token quota free now (for the choice between two)
     fits: bool  # its windows have room for this request now (reserves included)
     fits_in: float  # clock seconds until they have (0 = now, inf = never)
     ready_in: float  # clock seconds until passive health lets it take the request (0 = now)

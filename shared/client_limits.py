@@ -6,8 +6,9 @@
   the wait budget, then gets 429 `client_rate_limit_exceeded` with the time it would fit.
 - `tokens_per_day`: real usage (streams exactly) per UTC day; once spent, 403 `quota_exceeded` with
   Retry-After until the day turns (as Azure API Management's token-limit policy does).
-- `priority: "low"`: such requests leave `routing.low_priority_reserve` of every host's window free for
-  the others (dispatch.py), so under pressure they wait and get the 429s first.
+- `priority: "low"`: such requests leave `routing.low_priority_reserve` of each deployment's quota, plus
+  the normal demand on its way (priority.py), free for the others (selection.py), so under pressure they
+  wait and get the 429s first.
 """
 
 from __future__ import annotations

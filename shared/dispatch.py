@@ -84,6 +84,7 @@ class _Hold:
         record = self.record
         record.ending = ending
         used = scanner.usage
+        record.response_model = scanner.model
         if used is not None:
             record.input_tokens, record.output_tokens = used.prompt, used.completion
         if ending == "cut_off":
@@ -306,8 +307,9 @@ class Dispatcher:
             # Large or binary (file content, audio, batch output): relayed as it arrives, never held whole.
             return Outgoing(status, headers, stream=self._passthrough(hold, relay.prepend(parts, body), record))
         if status < 300:
-            doc = usage.json_or_none(content)  # parsed once: usage and the objects it tells of
+            doc = usage.json_or_none(content)  # parsed once: usage, model and the objects it tells of
             used = usage.usage_of(doc)
+            record.response_model = usage.model_of(doc)
             hold.settle(used)
             record.input_tokens, record.output_tokens = (used.prompt, used.completion) if used else (None, None)
             await self._placement.served(plan, inbound.route, host, doc)

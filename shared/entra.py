@@ -32,20 +32,18 @@ JwksFetcher = Callable[[str], Awaitable[Mapping[str, Any]]]
 class AuthError(Exception):
     """401 (bad or missing credential) or 403 (valid credential, not allowed)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-        self.code = code
         self.message = message  # safe to return to the caller: never contains the token
 
 
 def _unauthorized(reason: str) -> AuthError:
-    return AuthError(401, "Unauthorized", reason)
+    return AuthError(401, reason)
 
 
 @dataclass(frozen=True)
 class Principal:
-    name: str  # client app + object id, for logs
     tenant: str
     roles: tuple[str, ...]
     app_id: str = ""  # the application the token was issued to (azp / appid): which client it acts as
@@ -222,16 +220,15 @@ class EntraValidator:
         listed = roles_claim if isinstance(roles_claim, list) else []
         roles = tuple(r for r in listed if isinstance(r, str))
         if self._required_role is not None and self._required_role not in roles:
-            raise AuthError(403, "Forbidden", "missing required role")
+            raise AuthError(403, "missing required role")
 
         client = claims.get("azp") or claims.get("appid")  # v2 / v1 access tokens
         oid = claims.get("oid")
         parts = [p for p in (client, oid) if isinstance(p, str) and p]
         if not parts:
             raise _unauthorized("token has no client identity")
-        name = f"{parts[0]} ({parts[1]})" if len(parts) == 2 else parts[0]
         app_id = client if isinstance(client, str) and client else parts[0]
-        return Principal(name=name, tenant=tid, roles=roles, app_id=app_id)
+        return Principal(tenant=tid, roles=roles, app_id=app_id)
 
     def _verify(self, token: str, key: RSAPublicKey, tid: str) -> dict[str, Any]:
         try:

@@ -1,7 +1,7 @@
 """Host health: passive outlier detection (cooldowns after 429s, ejections after failures) and the
 verdicts of active health checking, ranked: live traffic outranks probes.
 
-A 429 is about one request, not the whole deployment (azure-openai-facts.md): a token-limit 429
+A 429 is about one request, not the whole deployment (Azure's x-ratelimit headers say which limit): a token-limit 429
 makes the host ineligible only for requests at least that large until its Retry-After; a
 request-limit or capacity 429 closes it for every metered request. Ejections (5xx, timeouts,
 refused connections, a refused credential) close it for everything. A failing probe excludes a host

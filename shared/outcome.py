@@ -3,7 +3,8 @@
 Two questions are answered here for every attempt: whose fault was it (the host's health, the
 request's size, the client, or nobody's), and may the request go to another host. A request that may
 already have run upstream is retried only when that is safe: never when it creates an object (a
-second batch or file would exist), and a retried generation keeps the first attempt's tokens charged.
+second batch or file would exist), and a retried generation keeps the first attempt's tokens charged when
+the host may have admitted it (a broken connection or timeout; a 5xx answer was not admitted).
 """
 
 from __future__ import annotations

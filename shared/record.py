@@ -40,6 +40,7 @@ class RequestRecord:
     error: str = ""  # the gateway's error code, when it answered with one
     upstream_request_id: str = ""
     host_endpoint: str = ""  # of the host that answered
+    response_model: str = ""  # the model the answer names (its version), for telemetry
     trace: Any = None  # the request's span, when telemetry is on
     timer: Callable[[], float] = time.perf_counter
     started: float = 0.0

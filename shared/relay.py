@@ -7,7 +7,7 @@ decoded when it is gzip or deflate (then labelled as what it now is), else passe
 `content-encoding`.
 
 A `Relay` is closed exactly once, whether the client read it to the end, left half-way, or never
-started reading: that is when its attempt is settled (lease.py).
+started reading: that is when its attempt is settled (dispatch.py's hold).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def _clients(settings: Settings, ledger: Ledger, day: str) -> dict[str, Any]:
             "tokens_today": ledger.day_tokens(client.name),
             "this_instance_today": today.pop(client.name, {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}),
         }
-    for name, row in today.items():  # Entra applications acting as themselves, or removed clients
+    for name, row in today.items():  # clients removed from the configuration since
         result[name] = {"tokens_today": ledger.day_tokens(name), "this_instance_today": row}
     return result
 

@@ -154,6 +154,8 @@ class Telemetry:
         endpoint = host.endpoint if host is not None else record.host_endpoint
         if endpoint:
             attributes["server.address"] = _server_address(endpoint)
+        if record.response_model:
+            attributes["gen_ai.response.model"] = record.response_model
         return attributes
 
     # -- what the gateway decided -------------------------------------------------------------------------

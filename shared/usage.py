@@ -110,10 +110,6 @@ def json_or_none(content: bytes) -> Any:
         return None
 
 
-def usage_from_json(body: bytes) -> TokenUsage | None:
-    return usage_of(json_or_none(body))
-
-
 def usage_of(doc: Any) -> TokenUsage | None:
     """The usage in a parsed JSON answer (or a Responses event wrapping the response), if any."""
     if not isinstance(doc, dict):
@@ -122,6 +118,14 @@ def usage_of(doc: Any) -> TokenUsage | None:
         return usage_tokens(doc["usage"])
     response = doc.get("response")  # Responses API events wrap the response object
     return usage_tokens(response.get("usage")) if isinstance(response, dict) else None
+
+
+def model_of(doc: Any) -> str:
+    """The model a parsed answer (or a Responses event wrapping the response) names; "" when none."""
+    if isinstance(doc, dict) and isinstance(doc.get("response"), dict):
+        doc = doc["response"]
+    model = doc.get("model") if isinstance(doc, dict) else None
+    return model if isinstance(model, str) else ""
 
 
 def supports_stream_usage(api_version: str | None) -> bool:
@@ -184,12 +188,13 @@ class SseScanner:
     a `usage` other than null (one per stream) or may be a terminal event is parsed.
     """
 
-    __slots__ = ("_buffer", "_strip", "done", "usage")
+    __slots__ = ("_buffer", "_strip", "done", "model", "usage")
 
     def __init__(self, strip_usage: bool = False) -> None:
         self._buffer = b""
         self._strip = strip_usage
         self.usage: TokenUsage | None = None
+        self.model = ""  # from the event that carries the usage
         self.done = False
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -232,6 +237,7 @@ class SseScanner:
             return event.replace(_USAGE_NULL, b"") if self._strip else event
         payload = data_payload(event)
         if isinstance(payload, dict):
+            self.model = model_of(payload) or self.model
             response = payload.get("response")
             if isinstance(response, dict) and response.get("usage") is not None:
                 self.usage = usage_tokens(response["usage"])  # response.completed carries the whole response

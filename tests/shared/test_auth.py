@@ -79,7 +79,7 @@ class FakeValidator:
         self.app_id = app_id
 
     async def validate(self, authorization_header: str) -> Principal:
-        return Principal(f"{self.app_id} (oid-1)", "tenant", (), self.app_id)
+        return Principal("tenant", (), self.app_id)
 
 
 ENTRA_CLIENTS = [

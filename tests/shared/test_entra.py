@@ -166,7 +166,6 @@ async def rejected(validator: EntraValidator, header: str, reason: str, status: 
         await validator.validate(header)
     error = caught.value
     assert (error.status, error.message) == (status, reason)
-    assert error.code == ("Unauthorized" if status == 401 else "Forbidden")
     token = header.partition(" ")[2]
     if token:
         assert token not in error.message and token not in str(error)
@@ -175,7 +174,7 @@ async def rejected(validator: EntraValidator, header: str, reason: str, status: 
 @pytest.mark.asyncio
 async def test_valid_token_returns_principal_and_keys_are_cached_for_ttl(env: Env) -> None:
     validator = env.validator()
-    expected = Principal(name="client-app (object-1)", tenant=TENANT, roles=(ROLE,), app_id="client-app")
+    expected = Principal(tenant=TENANT, roles=(ROLE,), app_id="client-app")
     assert await validator.validate(f"Bearer {env.token()}") == expected
     assert await validator.validate(f"bearer  {env.token()} ") == expected  # scheme is case-insensitive
     assert env.endpoint.hits == 1
@@ -189,20 +188,20 @@ async def test_valid_token_returns_principal_and_keys_are_cached_for_ttl(env: En
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
-    ("overrides", "name"),
+    ("overrides", "app_id"),
     [
-        ({"aud": "api://gateway-alt"}, "client-app (object-1)"),
+        ({"aud": "api://gateway-alt"}, "client-app"),
         (  # v1 access token: appid and the sts.windows.net issuer
             {"azp": None, "appid": "legacy-app", "iss": f"https://sts.windows.net/{TENANT}/"},
-            "legacy-app (object-1)",
+            "legacy-app",
         ),
         ({"oid": None}, "client-app"),
-        ({"azp": None}, "object-1"),
+        ({"azp": None}, "object-1"),  # no application claim: the object id stands for it
     ],
 )
-async def test_accepted_variants(env: Env, overrides: dict[str, Any], name: str) -> None:
+async def test_accepted_variants(env: Env, overrides: dict[str, Any], app_id: str) -> None:
     principal = await env.validator().validate(f"Bearer {env.token(**overrides)}")
-    assert principal.name == name
+    assert principal.app_id == app_id
     assert principal.tenant == TENANT
 
 
@@ -281,7 +280,7 @@ async def test_key_rotation_is_picked_up_on_unknown_kid(env: Env) -> None:
 async def test_concurrent_cold_requests_share_one_fetch(env: Env) -> None:
     validator = env.validator()
     results = await asyncio.gather(*(validator.validate(f"Bearer {env.token()}") for _ in range(20)))
-    assert {p.name for p in results} == {"client-app (object-1)"}
+    assert {p.app_id for p in results} == {"client-app"}
     assert env.endpoint.hits == 1
 
 

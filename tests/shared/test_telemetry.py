@@ -67,7 +67,7 @@ async def request(
 
 
 def completion(sent: Sent) -> FakeResponse:
-    body = {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4}}
+    body = {"model": "gpt-4o-2024-11-20", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4}}
     return FakeResponse(200, {}, json.dumps(body).encode())
 
 
@@ -82,6 +82,7 @@ async def test_a_plain_request_its_metrics_and_its_spans_with_trace_context_in_a
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": "azure.ai.openai",
         "gen_ai.request.model": CHAT,
+        "gen_ai.response.model": "gpt-4o-2024-11-20",  # what answered: the deployment's model version
         "gen_ai.token.type": "input",
         "gateway.client": "app",
         "gateway.host": "eastus",
@@ -104,7 +105,7 @@ async def test_a_plain_request_its_metrics_and_its_spans_with_trace_context_in_a
 def stream(sent: Sent) -> FakeResponse:
     events = [
         b'data: {"choices":[{"delta":{"content":"hi"},"index":0}],"usage":null}\n\n',
-        b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1}}\n\n',
+        b'data: {"model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1}}\n\n',
         b"data: [DONE]\n\n",
     ]
     return FakeResponse(200, {"content-type": "text/event-stream"}, content_type="text/event-stream", chunks=events)
@@ -118,6 +119,9 @@ async def test_a_streamed_request_records_its_time_to_first_chunk_and_exact_usag
     assert first.count == 1 and first.sum == pytest.approx(record.ttfb_ms / 1000)  # type: ignore[operator]
     tokens = {p.attributes["gen_ai.token.type"]: p.sum for p in exported.points("gen_ai.client.token.usage")}
     assert tokens == {"input": 5, "output": 1}
+    assert {p.attributes["gen_ai.response.model"] for p in exported.points("gen_ai.client.token.usage")} == {
+        "gpt-4o-mini"
+    }
     [attempt] = [s for s in exported.spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
     assert attempt.attributes is not None and attempt.attributes["gateway.outcome"] == "ok"
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from shared import usage as usage_module
 from shared.ledger import TokenUsage
-from shared.usage import SseScanner, estimate, supports_stream_usage, usage_from_json, wants_stream_usage
+from shared.usage import SseScanner, estimate, json_or_none, supports_stream_usage, usage_of, wants_stream_usage
 
 
 def cost(operation: str, body: dict[str, Any] | None, default: int) -> int:
@@ -125,7 +125,7 @@ def test_estimate_is_monotonic_in_max_tokens(prompt: str, a: int, b: int, n: int
     ],
 )
 def test_usage_from_json(body: bytes, tokens: TokenUsage | None) -> None:
-    assert usage_from_json(body) == tokens
+    assert usage_of(json_or_none(body)) == tokens  # as the dispatcher reads an answer: parsed once
 
 
 @pytest.mark.parametrize(
