@@ -32,7 +32,7 @@ from shared.routes import Route
 
 MAX_FETCHES = 40  # region pages one merged page may read (filtering and resuming need more than one each)
 MAX_CURSORS = 10_000
-CursorKey = tuple[str, str, str, str]  # (owner, collection, order, last id)
+CursorKey = tuple[str, str, str, str, str]  # (owner, collection, filters, order, last id)
 
 
 class _Exhausted(Exception):
@@ -62,12 +62,12 @@ class Aggregator:
         hosts = self._placement.resources()
         fetcher = _Fetcher(self._dispatcher, inbound, query, hosts, record, self._retry_after)
         try:
-            streams = await self._start(query, caller, route, hosts, fetcher)
+            streams = await self._start(query, caller, inbound, hosts, fetcher)
             items, has_more = await _merge(streams, fetcher, query, owned)
         except _Refused as refused:
             return refused.answer
         if items:
-            self._remember((caller.owner, route.operation, query.order, str(items[-1].get("id"))), streams)
+            self._remember(_cursor(caller, inbound, query, str(items[-1].get("id"))), streams)
         body = json.dumps(listing.page(items, has_more)).encode()
         names = ",".join(host.name for host in hosts)
         return Outgoing(200, {"content-type": "application/json", BACKEND_HEADER: names}, body=body)
@@ -84,13 +84,14 @@ class Aggregator:
             ) from None
 
     async def _start(
-        self, query: Query, caller: Caller, route: Route, hosts: Sequence[Host], fetcher: _Fetcher
+        self, query: Query, caller: Caller, inbound: Inbound, hosts: Sequence[Host], fetcher: _Fetcher
     ) -> list[Stream]:
         """Every region's position: the start, this instance's memory of the page that ended at `after`, or
         that position rebuilt from the item `after` names."""
         if query.after is None:
             return [Stream(i) for i in range(len(hosts))]
-        remembered = self._cursors.get((caller.owner, route.operation, query.order, query.after))
+        route = inbound.route
+        remembered = self._cursors.get(_cursor(caller, inbound, query, query.after))
         if remembered is not None and len(remembered) == len(hosts):
             return [s.copy() for s in remembered]
         try:
@@ -219,3 +220,9 @@ class _Fetcher:
             await answer.stream.aclose()  # a list never streams: treat it as no answer
             return None
         return answer
+
+
+def _cursor(caller: Caller, inbound: Inbound, query: Query, last: str) -> CursorKey:
+    """Where a page ended, for its next page: of the same list, filters included (`purpose=batch` is another)."""
+    filters = sorted((k, v) for k, v in inbound.query if k not in ("limit", "after", "order", "api-version"))
+    return (caller.owner, inbound.route.operation, json.dumps(filters), query.order, last)

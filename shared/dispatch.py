@@ -247,8 +247,7 @@ class Dispatcher:
             hold.response = None
         attempts.failure = f"{host.name} {detail}"
         self._count_failure(host, detail)
-        if deadline - self._clock.now() <= 0:
-            raise GatewayError(504, "GatewayTimeout", "No upstream answered within the gateway's deadline.")
+        # Whether it may have run comes first: a create timed out at the deadline must still say "check first".
         if not retryable(breakage, creates=inbound.route.creates):
             raise GatewayError(
                 502,
@@ -257,6 +256,8 @@ class Dispatcher:
                 + ("created the object" if inbound.route.creates else "acted on it")
                 + "; the gateway does not send it again elsewhere. Check before retrying.",
             )
+        if deadline - self._clock.now() <= 0:
+            raise GatewayError(504, "GatewayTimeout", "No upstream answered within the gateway's deadline.")
 
     async def _answer(
         self,

@@ -401,8 +401,12 @@ class TableLedger:
         if self._lease.holder != self.writer:
             if not self._lease.open_to(self.writer, wall, self._skew + self._takeover_delay):
                 return False
-            # Take the lease on its own first: of many that saw it run out, the losers pay one small write.
-            if not await self._lease_write([lease.operation(self._lease, summary.PARTITION, self.writer, wall)], wall):
+            # Take the lease on its own first: of many that saw it run out, the losers pay one small write. Taken
+            # for a whole term at once: one taken as already run out would look free while the summary is built.
+            until = wall + self._lease_seconds
+            if not await self._lease_write(
+                [lease.operation(self._lease, summary.PARTITION, self.writer, until)], until
+            ):
                 return False
         day = utc_day(wall)
         pages = await asyncio.gather(

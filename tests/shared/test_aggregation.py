@@ -29,6 +29,8 @@ class Regions:
         parts = urlsplit(sent.url)
         query = dict(parse_qsl(parts.query))
         mine = [{"id": i, "object": "file", "created_at": t} for i, t in self.files[sent.host.name]]
+        if "purpose" in query:  # the files whose id ends in 1 are the batch inputs
+            mine = [f for f in mine if (f["id"].endswith("1")) == (query["purpose"] == "batch")]
         mine.sort(key=lambda f: f["created_at"], reverse=query.get("order", "desc") == "desc")
         name = parts.path.rsplit("/", 1)[-1]
         if name != "files":
@@ -109,6 +111,14 @@ async def test_pages_follow_with_after_and_the_order_holds_across_pages() -> Non
             break
         after = page["data"][-1]["id"]
     assert ascending == list(reversed(NEWEST_FIRST))
+
+
+async def test_a_page_of_a_filtered_list_does_not_continue_an_unfiltered_one() -> None:
+    rig = rig_with(set())
+    page = await listed(rig, ADMIN_KEY, limit="2")  # remembered: its regions' buffers, unfiltered
+    assert [f["id"] for f in page["data"]] == ["u3", "w3"]
+    rest = await listed(rig, ADMIN_KEY, limit="10", purpose="assistants", after="w3")
+    assert [f["id"] for f in rest["data"]] == ["e3", "u2", "w2", "e2"]  # no batch input (ids ending in 1)
 
 
 async def test_another_instance_continues_a_page_from_the_item_alone() -> None:

@@ -171,6 +171,19 @@ async def test_a_create_whose_answer_was_lost_is_not_sent_again(error: BaseExcep
     assert rig.proxy.in_flight == 0
 
 
+async def test_a_create_whose_headers_time_out_at_the_deadline_still_says_check_before_retrying() -> None:
+    """Both timeouts default to 120 s, so the header timeout ends exactly at the deadline: not a bare 504."""
+
+    def times_out(sent: Sent) -> BaseException:
+        rig.clock.advance(120.0)  # the header timeout, as long as the whole deadline
+        return TimeoutError()
+
+    rig = make_rig(times_out)
+    out = await call(rig, "/openai/files", UPLOAD_HEADERS, b"--b--\r\n")
+    assert out.status == 502 and error_of(out)["code"] == "upstream_outcome_unknown"
+    assert len(rig.session.sent) == 1
+
+
 async def test_a_create_answered_with_a_5xx_is_relayed_not_retried() -> None:
     rig = make_rig(lambda sent: FakeResponse(500, {}, b'{"error": {"code": "InternalServerError"}}'))
     rig.affinity.put("file:file-in", Home(WEST.key, "app"), 3600)
