@@ -183,6 +183,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     raw = _read_config(env.get("GATEWAY_CONFIG", "").strip())
     doc = _object(raw, "config")
+    _known_keys(doc, "config", _TOP_LEVEL)
     cluster = _cluster(doc.get("deployments"))
     warnings: list[str] = []
     clients = _clients(doc.get("clients", []), env, warnings)
@@ -193,11 +194,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             "clients: no gateway keys and no Entra ID callers (GATEWAY_ENTRA_TENANT_ID, GATEWAY_ENTRA_AUDIENCE) "
             "are configured, so nobody could call the gateway"
         )
+    routing = _routing(doc.get("routing", {}))
+    _named_deployments(cluster, routing, clients)
     return Settings(
         cluster=cluster,
         clients=clients,
         host_keys=_host_keys(cluster, env),
-        routing=_routing(doc.get("routing", {})),
+        routing=routing,
         credential=_credential(env),
         table=_table(env),
         entra=entra,
@@ -251,8 +254,34 @@ def _cluster(raw: Any) -> Cluster:
     return Cluster(result)
 
 
+_TOP_LEVEL = ("deployments", "clients", "entra_default_client", "routing")
+_HOST_FIELDS = ("name", "endpoint", "deployment", "tpm", "rpm", "priority", "weight", "auth", "probe")
+
+
+def _known_keys(item: Mapping[str, Any], where: str, known: tuple[str, ...]) -> None:
+    """A misspelt field would be silently ignored (a limit never enforced): refuse it, naming the known ones."""
+    for key in item:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown setting ({', '.join(known)})")
+
+
+def _named_deployments(cluster: Cluster, routing: Routing, clients: tuple[Client, ...]) -> None:
+    """Settings per logical deployment must name one that exists (a typo would apply to nothing)."""
+    served = cluster.deployments
+    named = [(f"routing.max_tokens_defaults.{name}", name) for name in routing.max_tokens_defaults]
+    named += [
+        (f"clients[{index}].limits.deployments.{name}", name)
+        for index, client in enumerate(clients)
+        for name in client.deployment_limits
+    ]
+    for where, name in named:
+        if name not in served:
+            raise ConfigError(f"{where}: no such deployment (deployments: {', '.join(sorted(served))})")
+
+
 def _host(raw: Any, where: str) -> Host:
     item = _object(raw, where)
+    _known_keys(item, where, _HOST_FIELDS)
     name = _string(item.get("name"), f"{where}.name")
     endpoint = _string(item.get("endpoint"), f"{where}.endpoint").rstrip("/")
     if not endpoint.startswith(("https://", "http://")) or "@" in endpoint or "?" in endpoint or "#" in endpoint:

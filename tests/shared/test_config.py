@@ -123,6 +123,17 @@ def test_the_default_config_in_the_repo_loads() -> None:
         ({**BASE, "routing": {"max_attempts": 0}}, "routing.max_attempts"),
         ({**BASE, "routing": {"deadline_seconds": -1}}, "routing.deadline_seconds"),
         ({**BASE, "routing": {"max_tokens_defaults": {"gpt-4o": "lots"}}}, "routing.max_tokens_defaults.gpt-4o"),
+        # Misspellings that would otherwise be ignored: a limit never enforced, a default never applied.
+        (with_host(wieght=3), "deployments.gpt-4o[0].wieght"),
+        ({**BASE, "entra_default_clients": "app-a"}, "config.entra_default_clients"),
+        ({**BASE, "routing": {"max_tokens_defaults": {"gpt4o": 100}}}, "routing.max_tokens_defaults.gpt4o"),
+        (
+            {
+                **BASE,
+                "clients": [{"name": "a", "key_setting": "KEY_A", "limits": {"deployments": {"gpt4o": {"tpm": 9}}}}],
+            },
+            "clients[0].limits.deployments.gpt4o",
+        ),
     ],
 )
 def test_errors_name_the_field(doc: dict[str, Any], field: str) -> None:
