@@ -288,8 +288,9 @@ class Gateway:
             return web.error_response(exc, RequestRecord(request.method, web.path_of(request)))
         assert self._ledger is not None
         serving = {logical: self._servable(hosts) for logical, hosts in self.settings.cluster.deployments.items()}
-        ready = any(serving.values()) and self._ledger.warm
-        status = "ready" if ready else "warming" if any(serving.values()) else "unavailable"
+        servable = any(serving.values())
+        ready = servable and self._ledger.warm
+        status = "ready" if ready else "warming" if servable else "unavailable"
         body = {"status": status, "deployments": serving}
         return Response(json.dumps(body), 200 if ready else 503, _JSON)
 

@@ -49,7 +49,7 @@ class Selector:
     def __init__(
         self, *, routing: Routing, ledger: Ledger, health: HealthBoard, clock: Clock, rng: random.Random
     ) -> None:
-        self.routing = routing
+        self._routing = routing
         self.ledger = ledger
         self._health = health
         self._clock = clock
@@ -109,7 +109,7 @@ class Selector:
             if wait <= 0.0:
                 # Room "now" that pick() refused: what holds it back is the reserve, which time alone frees.
                 wait = self._reserve_wait
-            budget_left = min(start + self.routing.wait_budget_seconds, deadline) - self._clock.now()
+            budget_left = min(start + self._routing.wait_budget_seconds, deadline) - self._clock.now()
             if wait > budget_left:
                 raise self.exhausted(plan, inbound, admission, attempts)
             await self._clock.sleep(wait)
@@ -132,7 +132,7 @@ class Selector:
         cost = inbound.cost
         free_tokens, free_requests = self.ledger.headroom(key, host.tpm, host.rpm)
         # A low-priority request leaves part of each host's request window too (its tokens: _above_reserve).
-        reserve_requests = reserve * host.rpm * self.routing.request_window_seconds / 60.0
+        reserve_requests = reserve * host.rpm * self._routing.request_window_seconds / 60.0
         fits = cost <= host.tpm and free_tokens >= cost and free_requests - reserve_requests >= 1
         if fits:
             fits_in = 0.0
@@ -188,12 +188,12 @@ class Selector:
                 "RegionUnavailable",
                 f"The {plan.home}, which is unavailable now; it cannot be served from another region. "
                 "Retry after the time in Retry-After.",
-                retry_after=self.retry_hint(recovery),
+                retry_after=self._retry_hint(recovery),
             )
         # Every host ejected (failing, not full) and no 429 seen: unhealthy, not saturated.
         ejected = all(self._health.ready_in(h.key, None) > 0 for h in plan.hosts) and not attempts.saw_429
         if recovery != math.inf and (attempts.saw_429 or not attempts.failure) and not ejected:
-            wait = min(max(recovery, 0.001), self.routing.max_retry_after_seconds)
+            wait = min(max(recovery, 0.001), self._routing.max_retry_after_seconds)
             return GatewayError(
                 429,
                 "429",
@@ -203,9 +203,9 @@ class Selector:
         if attempts.failure:
             return GatewayError(502, "BadGateway", f"The upstream deployments failed: {attempts.failure}.")
         return GatewayError(
-            503, "ServiceUnavailable", "No healthy deployment is available.", retry_after=self.retry_hint(recovery)
+            503, "ServiceUnavailable", "No healthy deployment is available.", retry_after=self._retry_hint(recovery)
         )
 
-    def retry_hint(self, recovery: float) -> float:
-        cap = self.routing.max_retry_after_seconds
+    def _retry_hint(self, recovery: float) -> float:
+        cap = self._routing.max_retry_after_seconds
         return cap if recovery == math.inf else min(recovery, cap)
